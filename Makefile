@@ -1,0 +1,51 @@
+# Thin wrappers; the README shows them. Each target makes its own virtual environment.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test models bench bench-quality bench-soak lint schema clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Serving needs no torch: the serve extra only.
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[serve]'
+	touch $@
+
+# Torch is pinned and installed first, so nothing pulls a CUDA build.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(VENV)/.serve $@
+
+run: $(VENV)/.serve
+	LATENTSERVE_HOST=$(HOST) LATENTSERVE_PORT=$(PORT) $(BIN)/python -m service
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -n 2 --timeout 300
+
+models: $(VENV)/.dev
+	$(BIN)/python -m training zoo --store models_store
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/serving.py
+
+bench-quality: $(VENV)/.dev
+	$(BIN)/python bench/quality.py
+
+bench-soak: $(VENV)/.dev
+	$(BIN)/python bench/soak.py
+
+schema: $(VENV)/.dev
+	$(BIN)/python -m service.store.schema --write models_store/README.md
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check service training tests bench
+	$(BIN)/mypy service training
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""latentserve service: FastAPI + onnxruntime over the models store. Never imports torch or training."""

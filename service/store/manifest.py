@@ -1,0 +1,216 @@
+"""The manifest: the typed contract between `training/` (writer) and `service/` (reader).
+
+One `manifest.json` sits in every `models_store/<model>/<version>/` folder. Training builds a `Manifest`
+and serialises it; the service parses it with `Manifest.model_validate_json` and refuses anything that
+does not validate. The JSON Schema in `models_store/README.md` is generated from these models
+(`python -m service.store.schema`).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+#: Model names: lowercase words joined by single hyphens. No dots (V2 names graphs `<model>.<graph>`),
+#: no slashes or other path characters, so a name is always a safe single path component.
+MODEL_NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+MODEL_NAME_MAX = 64
+GRAPH_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+Family = Literal["ae", "vae", "aae", "wae", "gan"]
+Capability = Literal["encode", "decode", "sample", "interpolate", "reconstruct", "denoise", "anomaly-score"]
+ALL_CAPABILITIES: tuple[Capability, ...] = (
+    "encode", "decode", "sample", "interpolate", "reconstruct", "denoise", "anomaly-score",
+)
+DType = Literal["float32"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_valid_model_name(name: str) -> bool:
+    """True when `name` is a safe model name (see MODEL_NAME_PATTERN)."""
+    return len(name) <= MODEL_NAME_MAX and MODEL_NAME_RE.fullmatch(name) is not None
+
+
+class TensorSpec(_Strict):
+    """One named input or output of a graph. `-1` marks a dynamic dimension (the batch is always dim 0)."""
+
+    name: str
+    dtype: DType = "float32"
+    shape: list[int]
+
+
+class GraphSpec(_Strict):
+    """One ONNX graph (and its optional TorchScript twin) of a model."""
+
+    file: str = Field(description="ONNX file name inside the version folder")
+    torchscript: str | None = Field(default=None, description="TorchScript twin, for the optional torch backend")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    @field_validator("file", "torchscript")
+    @classmethod
+    def _plain_file_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or "\\" in v or v.startswith(".")):
+            raise ValueError(f"graph file must be a plain file name inside the version folder, got {v!r}")
+        return v
+
+
+class DataSpec(_Strict):
+    """What the model eats: images `[C, H, W]` with values in `value_range`."""
+
+    dataset: str
+    shape: tuple[int, int, int] = Field(description="[C, H, W]")
+    value_range: tuple[float, float] = (0.0, 1.0)
+    preprocessing: str = Field(description="how raw pixels became model input, in words")
+    classes: list[int] | None = Field(default=None, description="normal classes, for one-class models")
+
+
+class NormalPrior(_Strict):
+    """Standard normal N(0, I): the prior of VAE, AAE, WAE and GAN."""
+
+    kind: Literal["normal"] = "normal"
+
+
+class GaussianPrior(_Strict):
+    """A full-covariance Gaussian fitted on training codes (deterministic AEs)."""
+
+    kind: Literal["gaussian"] = "gaussian"
+    mean: list[float]
+    cov: list[list[float]]
+
+
+class GMMPrior(_Strict):
+    """A Gaussian mixture fitted on training codes (deterministic AEs, ex-post density estimation)."""
+
+    kind: Literal["gmm"] = "gmm"
+    weights: list[float]
+    means: list[list[float]]
+    covs: list[list[list[float]]]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GMMPrior:
+        k = len(self.weights)
+        if k == 0 or len(self.means) != k or len(self.covs) != k:
+            raise ValueError("gmm prior needs the same number (>0) of weights, means and covs")
+        if abs(sum(self.weights) - 1.0) > 1e-3:
+            raise ValueError("gmm weights must sum to 1")
+        return self
+
+
+Prior = Annotated[NormalPrior | GaussianPrior | GMMPrior, Field(discriminator="kind")]
+
+
+class LatentSpec(_Strict):
+    dim: int = Field(gt=0)
+    prior: Prior
+
+    @model_validator(mode="after")
+    def _prior_matches_dim(self) -> LatentSpec:
+        p = self.prior
+        if isinstance(p, GaussianPrior):
+            if len(p.mean) != self.dim or len(p.cov) != self.dim or any(len(r) != self.dim for r in p.cov):
+                raise ValueError("gaussian prior shape does not match latent dim")
+        if isinstance(p, GMMPrior):
+            if any(len(m) != self.dim for m in p.means) or any(
+                len(c) != self.dim or any(len(r) != self.dim for r in c) for c in p.covs
+            ):
+                raise ValueError("gmm prior shape does not match latent dim")
+        return self
+
+
+ScoreKind = Literal["reconstruction", "vae_elbo", "fanogan"]
+
+
+class AnomalySpec(_Strict):
+    """How the anomaly score is computed and where normal ends.
+
+    normalised = 1 / (1 + exp(-(raw - threshold) / scale)), so the threshold maps to 0.5.
+    The score functions themselves live in `service.store.scores`.
+    """
+
+    score: ScoreKind
+    params: dict[str, float | str] = Field(default_factory=dict, description="e.g. likelihood, kappa")
+    threshold: float
+    rule: str = Field(description="how the threshold was calibrated, in words")
+    normalisation: Literal["logistic"] = "logistic"
+    scale: float = Field(gt=0)
+
+
+class Manifest(_Strict):
+    """The whole contract of one published model version."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str
+    version: int = Field(gt=0)
+    family: Family
+    variant: str = Field(description="e.g. plain, sparse-l1, sparse-kl, denoising, contractive, linear, beta")
+    created_at: datetime
+    code_version: str
+    data: DataSpec
+    latent: LatentSpec
+    graphs: dict[str, GraphSpec]
+    files: dict[str, str] = Field(description="sha256 of every other file in the version folder")
+    capabilities: list[Capability]
+    anomaly: AnomalySpec | None = None
+    metrics: dict[str, float | int | str] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict, description="config, seed and data split")
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not is_valid_model_name(v):
+            raise ValueError(f"model name {v!r} must match {MODEL_NAME_PATTERN} (at most {MODEL_NAME_MAX} chars)")
+        return v
+
+    @field_validator("graphs")
+    @classmethod
+    def _graph_names_ok(cls, v: dict[str, GraphSpec]) -> dict[str, GraphSpec]:
+        for g in v:
+            if not re.fullmatch(GRAPH_NAME_PATTERN, g):
+                raise ValueError(f"graph name {g!r} must match {GRAPH_NAME_PATTERN}")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _sha_ok(cls, v: dict[str, str]) -> dict[str, str]:
+        for f, h in v.items():
+            if "/" in f or "\\" in f or f.startswith(".") or f == "manifest.json":
+                raise ValueError(f"file {f!r} must be a plain file name other than manifest.json")
+            if not re.fullmatch(r"[0-9a-f]{64}", h):
+                raise ValueError(f"sha256 of {f!r} is not 64 hex digits")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        for gname, g in self.graphs.items():
+            for f in (g.file, g.torchscript):
+                if f is not None and f not in self.files:
+                    raise ValueError(f"graph {gname!r} file {f!r} has no sha256 in files")
+        needs = {
+            "encode": {"encoder"}, "decode": {"decoder"}, "sample": {"decoder"},
+            "interpolate": {"decoder"}, "reconstruct": {"encoder", "decoder"},
+            "denoise": {"encoder", "decoder"}, "anomaly-score": {"encoder", "decoder"},
+        }
+        for cap in self.capabilities:
+            missing = needs[cap] - set(self.graphs)
+            if missing:
+                raise ValueError(f"capability {cap!r} needs graphs {sorted(missing)}")
+        if "anomaly-score" in self.capabilities and self.anomaly is None:
+            raise ValueError("capability 'anomaly-score' needs an 'anomaly' section")
+        if self.anomaly is not None and self.anomaly.score == "fanogan" and "critic" not in self.graphs:
+            raise ValueError("fanogan score needs a 'critic' graph")
+        return self
+
+    @property
+    def has_logvar(self) -> bool:
+        enc = self.graphs.get("encoder")
+        return enc is not None and len(enc.outputs) > 1

@@ -1,0 +1,1 @@
+"""latentserve training: PyTorch model zoo, trainer, export and publish into the models store."""

@@ -1,0 +1,85 @@
+"""Plain autoencoder: min ||x - D(E(x))||^2. The base class of the deterministic AE variants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.models.backbones import make_decoder, make_encoder
+from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput
+
+
+@dataclass(frozen=True)
+class AEConfig(ModelConfig):
+    pass
+
+
+class _Sigmoid(nn.Module):
+    """Decoder wrapper for export: logits -> image in [0, 1]."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.decoder(z))
+
+
+class AutoEncoder(GenerativeModel):
+    family: ClassVar[str] = "ae"
+    variant: ClassVar[str] = "plain"
+    prior_kind = "fitted"
+    linear: ClassVar[bool] = False
+
+    def __init__(self, cfg: AEConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = make_encoder(cfg, cfg.latent_dim, linear=self.linear)
+        self.decoder = make_decoder(cfg, cfg.latent_dim, linear=self.linear)
+
+    def code(self, x: Tensor) -> Tensor:
+        """The code the loss sees (subclasses may squash it, e.g. sparse-KL's sigmoid)."""
+        return self.encoder(x)
+
+    def reconstruct(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x: Tensor, phase: str = "main") -> ModelOutput:
+        z = self.code(x)  # (B, d)
+        x_hat = self.reconstruct(z)  # (B, C, H, W)
+        # Sum over pixels, mean over the batch: the penalty weights of the variants are per image.
+        rec = F.mse_loss(x_hat, x, reduction="sum") / len(x)
+        return ModelOutput(loss=rec, terms={"rec": rec.detach()}, recon=x_hat, code=z)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.code(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.reconstruct(z)
+
+    def export_graphs(self) -> dict[str, GraphExport]:
+        return {
+            "encoder": GraphExport(_Encode(self), ["x"], ["z_mean"], self.example_images()),
+            "decoder": GraphExport(_Decode(self), ["z"], ["x_hat"], self.example_codes()),
+        }
+
+
+class _Encode(nn.Module):
+    def __init__(self, model: GenerativeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.encode(x)
+
+
+class _Decode(nn.Module):
+    def __init__(self, model: GenerativeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.model.decode(z)
