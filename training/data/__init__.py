@@ -3,15 +3,24 @@
 Sources (`load(source, ...)`):
     "digits"            scikit-learn's 8x8 digits, embedded (the default)
     "synthetic"         a seeded synthetic set for fast tests
-    (more loaders: IDX files, .npz, image folders -- see the submodules)
+    a folder of IDX files, or one `*-images-idx3-ubyte[.gz]` file    MNIST / Fashion-MNIST / KMNIST (`idx`)
+    a `.npz` file with `x` and optional `y`                             (`npz`)
+    a folder of images, flat or one subfolder per class                 (`folder`)
 Then `split(...)` makes seeded train/val/test splits, optionally one-class.
+Nothing is ever downloaded: a path that is not there is a DataError naming it.
+
+Errors: every loader raises DataError (a ValueError) whose message names the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -23,6 +32,7 @@ class ImageSet:
     name: str
     x: np.ndarray  # (N, C, H, W) float32 in [0, 1]
     y: np.ndarray  # (N,) int64 labels (-1 when unlabelled)
+    classes: tuple[str, ...] | None = None  # class names by label index, when the source names them
 
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.x.dtype != np.float32:
@@ -38,7 +48,7 @@ class ImageSet:
         return len(self.x)
 
     def subset(self, idx: np.ndarray) -> ImageSet:
-        return ImageSet(self.name, self.x[idx], self.y[idx])
+        return ImageSet(self.name, self.x[idx], self.y[idx], self.classes)
 
 
 @dataclass(frozen=True)
@@ -76,13 +86,37 @@ def synthetic(n: int = 512, shape: tuple[int, int, int] = (1, 8, 8), classes: in
     return ImageSet("synthetic", x.astype(np.float32), y.astype(np.int64))
 
 
-def load(source: str = "digits", **kwargs: object) -> ImageSet:
-    """Load a dataset by name or path."""
-    if source == "digits":
+def load(source: str | Path = "digits", **kwargs: object) -> ImageSet:
+    """Load a dataset by name ("digits", "synthetic") or path; `kwargs` go to the loader that handles it.
+
+    A path is dispatched on what it is: a folder holding `*-images-idx3-ubyte[.gz]` -> `idx.load_idx`
+    (`split_name=`; the train split when several), any other folder -> `folder.load_folder` (`channels=`,
+    `size=`), a `.npz` file -> `npz.load_npz` (`layout=`), any other file -> `idx.load_idx` (the IDX header
+    is checked, so a wrong file fails with its magic number).
+    """
+    if isinstance(source, str) and source == "digits":
+        if kwargs:
+            raise DataError(f"the digits dataset takes no options, got {sorted(kwargs)}")
         return digits()
-    if source == "synthetic":
+    if isinstance(source, str) and source == "synthetic":
         return synthetic(**kwargs)  # type: ignore[arg-type]
-    raise DataError(f"unknown dataset source {source!r}")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (sources are 'digits', 'synthetic' or a path; "
+                        "nothing is downloaded)")
+    from training.data import folder, idx, npz  # lazy: names and "synthetic" need neither Pillow nor the readers
+
+    if path.is_dir():
+        if any(idx.IMAGES_RE.match(p.name) for p in path.iterdir()):
+            return idx.load_idx(path, **kwargs)  # type: ignore[arg-type]
+        return folder.load_folder(path, **kwargs)  # type: ignore[arg-type]
+    if path.suffix.lower() == ".npz":
+        return npz.load_npz(path, **kwargs)  # type: ignore[arg-type]
+    if path.suffix.lower() in folder.IMAGE_SUFFIXES:
+        raise DataError(f"{path}: a single image is not a dataset; pass the folder that holds the images")
+    if idx.LABELS_RE.match(path.name):
+        raise DataError(f"{path}: is a labels file; pass the images file or the folder instead")
+    return idx.load_idx(path, **kwargs)  # type: ignore[arg-type]
 
 
 def split(
@@ -93,9 +127,16 @@ def split(
     (the one-class protocol), while test keeps everything so anomalies can be scored."""
     if abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise DataError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    if len(data) == 0:
+        raise DataError(f"{data.name}: cannot split an empty dataset")
+    if normal_classes is not None:
+        missing = sorted(set(normal_classes) - set(data.y.tolist()))
+        if not normal_classes or missing:
+            raise DataError(f"{data.name}: normal classes {tuple(normal_classes)} not all in the data "
+                            f"(missing {missing}; labels present: {sorted(set(data.y.tolist()))})")
     perm = np.random.default_rng(seed).permutation(len(data))
     n_tr = int(round(fractions[0] * len(data)))
-    n_va = int(round(fractions[1] * len(data)))
+    n_va = min(int(round(fractions[1] * len(data))), len(data) - n_tr)  # rounding must not overrun
     tr, va, te = perm[:n_tr], perm[n_tr:n_tr + n_va], perm[n_tr + n_va:]
     if normal_classes is not None:
         keep = np.isin(data.y, np.asarray(normal_classes))
