@@ -36,7 +36,8 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.x.dtype != np.float32:
-            raise DataError(f"{self.name}: images must be float32 (N, C, H, W), got {self.x.dtype} {self.x.shape}")
+            raise DataError(f"{self.name}: images must be float32 (N, C, H, W), "
+                            f"got {self.x.dtype} {self.x.shape}")
         if len(self.x) != len(self.y):
             raise DataError(f"{self.name}: {len(self.x)} images but {len(self.y)} labels")
 
@@ -77,7 +78,9 @@ def digits() -> ImageSet:
     return ImageSet("digits", x, d.target.astype(np.int64))
 
 
-def synthetic(n: int = 512, shape: tuple[int, int, int] = (1, 8, 8), classes: int = 4, seed: int = 0) -> ImageSet:
+def synthetic(
+    n: int = 512, shape: tuple[int, int, int] = (1, 8, 8), classes: int = 4, seed: int = 0,
+) -> ImageSet:
     """Seeded blobs: each class is a fixed random template plus small noise. For fast tests."""
     rng = np.random.default_rng(seed)
     templates = rng.random((classes, *shape)).astype(np.float32)
@@ -104,7 +107,8 @@ def load(source: str | Path = "digits", **kwargs: object) -> ImageSet:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (sources are 'digits', 'synthetic' or a path; "
                         "nothing is downloaded)")
-    from training.data import folder, idx, npz  # lazy: names and "synthetic" need neither Pillow nor the readers
+    # lazy: "digits" and "synthetic" need neither Pillow nor the readers
+    from training.data import folder, idx, npz
 
     if path.is_dir():
         if any(idx.IMAGES_RE.match(p.name) for p in path.iterdir()):

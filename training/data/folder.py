@@ -6,8 +6,8 @@ Two layouts, as torchvision's ImageFolder and anomalib users expect:
 Hidden files and folders (".*") are skipped, and so are files without an image extension (README, .DS_Store);
 a file with an image extension that Pillow cannot decode is an error, not a silent gap in the data.
 
-Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on: its warning is raised as an error here too,
-so a hostile or mistaken huge image cannot eat the machine's memory.
+Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on: its warning is raised as an error here
+too, so a hostile or mistaken huge image cannot eat the machine's memory.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _visible(p: Path) -> bool:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if _visible(p) and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir()
+                  if _visible(p) and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def list_images(root: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...] | None]:
@@ -63,8 +64,8 @@ def read_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarra
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im).convert(mode)  # honour camera rotation before sizing
+            with Image.open(path) as f:
+                im: Image.Image = ImageOps.exif_transpose(f).convert(mode)  # camera rotation before sizing
                 if size is not None and im.size != (size[1], size[0]):
                     im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)

@@ -1,13 +1,13 @@
 """MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST all ship in it), raw or gzip-compressed.
 
-An IDX file is a big-endian header -- two zero bytes, a type code, the number of dimensions, then one uint32 per
-dimension -- followed by exactly prod(dims) items. Images are idx3 of uint8 (magic 2051 = 0x00000803) and labels
-idx1 of uint8 (magic 2049 = 0x00000801). We check every part of that, because a truncated download or a swapped
-file otherwise shows up much later as a shape error or, worse, as a model trained on garbage.
+An IDX file is a big-endian header -- two zero bytes, a type code, the number of dimensions, then one uint32
+per dimension -- followed by exactly prod(dims) items. Images are idx3 of uint8 (magic 2051 = 0x00000803) and
+labels idx1 of uint8 (magic 2049 = 0x00000801). We check every part of that, because a truncated download or a
+swapped file otherwise shows up much later as a shape error or, worse, as a model trained on garbage.
 
-Compression is detected from the gzip magic bytes, not the extension (people gunzip and keep the name, or not).
-The payload is read in chunks up to the size the header promises, so a lying header or a gzip bomb cannot make
-us allocate more than the file really holds plus one chunk.
+Compression is detected from the gzip magic bytes, not the extension (people gunzip and keep the name, or
+not). The payload is read in chunks up to the size the header promises, so a lying header or a gzip bomb
+cannot make us allocate more than the file really holds plus one chunk.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def read_labels(path: str | Path) -> np.ndarray:
 
 
 def labels_for(images: Path) -> Path | None:
-    """The labels file that goes with an images file (`X-images-idx3-ubyte[.gz]` -> `X-labels-idx1-ubyte[.gz]`),
+    """The labels file beside an images file (`X-images-idx3-ubyte[.gz]` -> `X-labels-idx1-ubyte[.gz]`),
     raw or gz, or None when there is none."""
     m = IMAGES_RE.match(images.name)
     if m is None:
@@ -152,10 +152,11 @@ def find_images(folder: Path, split_name: str | None = None) -> Path:
 def load_idx(path: str | Path, split_name: str | None = None) -> ImageSet:
     """Load MNIST-format images and their labels from a folder or an images file.
 
-    A folder is searched for `<prefix>-images-idx3-ubyte[.gz]` and the matching `<prefix>-labels-idx1-ubyte[.gz]`
-    (the MNIST / Fashion-MNIST / KMNIST names). When it holds several splits (`train-*` and `t10k-*`), `split_name`
-    picks one ("t10k", "train", ...); without it the train split is used. When no labels file is present the
-    labels are -1 (logged). A labels file whose count differs from the images is an error.
+    A folder is searched for `<prefix>-images-idx3-ubyte[.gz]` and the matching
+    `<prefix>-labels-idx1-ubyte[.gz]` (the MNIST / Fashion-MNIST / KMNIST names). When it holds several splits
+    (`train-*` and `t10k-*`), `split_name` picks one ("t10k", "train", ...); without it, the train split.
+    When no labels file is present the labels are -1 (logged). A labels file whose count differs from the
+    images is an error.
     """
     path = Path(path)
     images = find_images(path, split_name) if path.is_dir() else path

@@ -1,8 +1,9 @@
 """`.npz` image arrays: key `x` holds the images, optional key `y` the integer labels.
 
-Accepted `x` layouts: (N, H, W), (N, C, H, W) and (N, H, W, C) with C in {1, 3}; dtype uint8 (0..255, scaled
-by 1/255) or floating point already in [0, 1]. Anything else is refused rather than guessed at -- a float array
-in 0..255 silently divided by nothing would train a model on saturated inputs. Pickles are never loaded.
+Accepted `x` layouts: (N, H, W), (N, C, H, W) and (N, H, W, C) with C in {1, 3}; dtype uint8 (0..255,
+scaled by 1/255) or floating point already in [0, 1]. Anything else is refused rather than guessed at -- a
+float array in 0..255 passed through unscaled would train a model on saturated inputs. Pickles are never
+loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _to_nchw(x: np.ndarray, path: Path, layout: Layout) -> np.ndarray:
     if x.ndim == 3:
         return x[:, None]
     if x.ndim != 4:
-        raise DataError(f"{path}: wrong shape {x.shape} for 'x': expected (N, H, W), (N, C, H, W) or (N, H, W, C)")
+        raise DataError(f"{path}: wrong shape {x.shape} for 'x': "
+                        "expected (N, H, W), (N, C, H, W) or (N, H, W, C)")
     if layout == "auto":
         first, last = x.shape[1] in CHANNELS, x.shape[3] in CHANNELS
         if first == last:
@@ -37,7 +39,8 @@ def _to_nchw(x: np.ndarray, path: Path, layout: Layout) -> np.ndarray:
         layout = "nchw" if first else "nhwc"
     x = x if layout == "nchw" else x.transpose(0, 3, 1, 2)
     if x.shape[1] not in CHANNELS:
-        raise DataError(f"{path}: 'x' has {x.shape[1]} channels in layout {layout}, expected one of {CHANNELS}")
+        raise DataError(f"{path}: 'x' has {x.shape[1]} channels in layout {layout}, "
+                        f"expected one of {CHANNELS}")
     return x
 
 
@@ -74,7 +77,8 @@ def load_npz(path: str | Path, layout: Layout = "auto") -> ImageSet:
         # ValueError: garbage that is neither .npz nor .npy is refused as a would-be pickle
         raise DataError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: not an .npz archive (a plain .npy array?); save with np.savez(path, x=..., y=...)")
+        raise DataError(f"{path}: not an .npz archive (a plain .npy array?); "
+                        "save with np.savez(path, x=..., y=...)")
     with z:
         if "x" not in z.files:
             raise DataError(f"{path}: no 'x' array; keys are {sorted(z.files)}")
