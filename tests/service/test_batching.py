@@ -1,0 +1,162 @@
+"""The dynamic batcher: every request gets exactly its own rows back, the queue is bounded, nothing hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from service.batching import BatchConfig, Batcher, QueueFull
+from service.metrics import InferenceStats
+
+
+def _mlp_onnx(in_dim: int = 8, out_dim: int = 16, seed: int = 0) -> bytes:
+    """y = tanh(x W + b), z = sum(x): two outputs with a dynamic batch dimension."""
+    rng = np.random.default_rng(seed)
+    w = helper.make_tensor("W", TensorProto.FLOAT, [in_dim, out_dim], rng.normal(size=(in_dim, out_dim)).ravel())
+    b = helper.make_tensor("B", TensorProto.FLOAT, [out_dim], rng.normal(size=out_dim))
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["hb"]),
+         helper.make_node("Tanh", ["hb"], ["y"]), helper.make_node("ReduceSum", ["x", "axes"], ["z"])],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_dim]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[w, b, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def session() -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(_mlp_onnx(), opts, providers=["CPUExecutionProvider"])
+
+
+def _runner(sess: ort.InferenceSession):
+    names = [o.name for o in sess.get_outputs()]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(names, feeds), strict=True))
+
+    return run
+
+
+@pytest.mark.parametrize("delay_us", [0, 2000])
+def test_200_concurrent_requests_get_their_own_rows(session: ort.InferenceSession, delay_us: int) -> None:
+    stats = InferenceStats()
+    rng = np.random.default_rng(1)
+    inputs = [rng.normal(size=(1 + i % 4, 8)).astype(np.float32) for i in range(200)]  # distinct, 1-4 rows
+    expected = [_runner(session)({"x": x}) for x in inputs]
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        with ThreadPoolExecutor(2) as pool:
+            b = Batcher(_runner(session), BatchConfig(16, delay_us, 512), pool, model="m.g", stats=stats)
+            return await asyncio.gather(*(b.infer({"x": x}) for x in inputs))
+
+    got = asyncio.run(main())
+    for g, e in zip(got, expected, strict=True):
+        assert g.keys() == e.keys()
+        for n in e:
+            assert g[n].shape == e[n].shape
+            np.testing.assert_allclose(g[n], e[n], rtol=1e-5, atol=1e-6)
+    rows = sum(len(x) for x in inputs)
+    assert stats.value("nv_inference_count", "m.g", "1") == rows
+    execs = stats.value("nv_inference_exec_count", "m.g", "1")
+    assert rows / 16 <= execs < 200  # requests really were merged, never above max_batch_size
+    assert stats.value("nv_inference_pending_request_count", "m.g", "1") == 0
+
+
+def test_mismatched_shapes_never_share_a_batch(session: ort.InferenceSession) -> None:
+    """A malformed request fails alone; its neighbours in the queue still succeed."""
+    good = np.ones((2, 8), np.float32)
+    bad = np.ones((2, 5), np.float32)
+
+    async def main() -> list[object]:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(_runner(session), BatchConfig(64, 5000, 64), pool)
+            return await asyncio.gather(b.infer({"x": good}), b.infer({"x": bad}), b.infer({"x": good}),
+                                        return_exceptions=True)
+
+    r = asyncio.run(main())
+    assert isinstance(r[0], dict) and isinstance(r[2], dict)
+    assert isinstance(r[1], Exception)
+    np.testing.assert_allclose(r[0]["y"], _runner(session)({"x": good})["y"], rtol=1e-5)
+
+
+def test_big_request_runs_alone_unsplit(session: ort.InferenceSession) -> None:
+    x = np.random.default_rng(2).normal(size=(100, 8)).astype(np.float32)
+
+    async def main() -> dict[str, np.ndarray]:
+        b = Batcher(_runner(session), BatchConfig(8, 0, 4))
+        return await b.infer({"x": x})
+
+    out = asyncio.run(main())
+    np.testing.assert_allclose(out["y"], _runner(session)({"x": x})["y"], rtol=1e-5)
+
+
+def test_full_queue_rejects_at_once_and_nothing_hangs() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def slow(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started.set()
+        gate.wait(10)
+        return {"y": feeds["x"] * 2}
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(slow, BatchConfig(1, 0, 2), pool, model="m.g")
+            first = asyncio.ensure_future(b.infer({"x": np.ones((1, 2), np.float32)}))
+            while not started.is_set():  # the first request is executing, the queue is empty again
+                await asyncio.sleep(0.001)
+            queued = [asyncio.ensure_future(b.infer({"x": np.full((1, 2), i, np.float32)})) for i in range(2)]
+            await asyncio.sleep(0.01)
+            assert b.pending == 2
+            with pytest.raises(QueueFull) as err:
+                await asyncio.wait_for(b.infer({"x": np.ones((1, 2), np.float32)}), 1.0)
+            assert err.value.retry_after_s >= 1
+            gate.set()
+            results = await asyncio.wait_for(asyncio.gather(first, *queued), 5.0)
+            assert [float(r["y"][0, 0]) for r in results] == [2.0, 0.0, 2.0]
+
+    asyncio.run(main())
+
+
+def test_failing_run_reaches_every_waiter() -> None:
+    def broken(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise RuntimeError("boom")
+
+    async def main() -> list[object]:
+        b = Batcher(broken, BatchConfig(8, 1000, 16))
+        return await asyncio.wait_for(asyncio.gather(
+            *(b.infer({"x": np.ones((1, 2), np.float32)}) for _ in range(5)), return_exceptions=True), 5.0)
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+def test_cancelled_waiter_does_not_break_the_batch(session: ort.InferenceSession) -> None:
+    async def main() -> None:
+        b = Batcher(_runner(session), BatchConfig(8, 20_000, 16))
+        x = np.ones((1, 8), np.float32)
+        doomed = asyncio.ensure_future(b.infer({"x": x}))
+        kept = asyncio.ensure_future(b.infer({"x": x * 2}))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        out = await asyncio.wait_for(kept, 5.0)
+        np.testing.assert_allclose(out["y"], _runner(session)({"x": x * 2})["y"], rtol=1e-5)
+
+    asyncio.run(main())
+
+
+def test_onnx_helper_graph_is_valid() -> None:
+    onnx.checker.check_model(onnx.load_from_string(_mlp_onnx()))
