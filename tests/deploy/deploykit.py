@@ -1,0 +1,221 @@
+"""Helpers for the deploy tests: a tiny, torch-free models store and real-process helpers.
+
+The fixtures are re-exported by conftest.py; the test files import the helpers from here.
+
+The store is built with `onnx.helper` (a linear encoder and a sigmoid decoder on 8x8 images) and a manifest
+from `service.store`, so these tests depend on neither the trainer nor the shipped zoo. Versions are published
+with the store's own rule: write into a `.staging-*` folder beside the target, fsync, rename into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.store import (
+    MANIFEST_NAME,
+    GaussianPrior,
+    GraphSpec,
+    LatentSpec,
+    Manifest,
+    TensorSpec,
+    sha256_file,
+)
+from service.store.layout import STAGING_PREFIX
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+MODEL = "tiny-ae"
+SHAPE = (1, 8, 8)
+
+
+def _graph(name: str, nodes: list, inp: tuple[str, list], out: tuple[str, list], inits: list) -> bytes:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
+        [helper.make_tensor_value_info(out[0], TensorProto.FLOAT, out[1])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests.deploy")
+    m.ir_version = 8  # readable by every onnxruntime we support
+    return m.SerializeToString()
+
+
+def _graphs(latent: int, seed: int) -> dict[str, bytes]:
+    """encoder: x (B,1,8,8) -> z_mean (B,latent); decoder: z (B,latent) -> x_hat (B,1,8,8)."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w_enc = rng.normal(0, 0.1, (64, latent)).astype(np.float32)
+    w_dec = rng.normal(0, 0.1, (latent, 64)).astype(np.float32)
+    shape = np.array([-1, *SHAPE], dtype=np.int64)
+    from onnx import helper
+
+    enc = _graph(
+        "encoder",
+        [
+            helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w"], ["z_mean"]),
+        ],
+        ("x", ["batch", *SHAPE]), ("z_mean", ["batch", latent]),
+        [numpy_helper.from_array(w_enc, "w")],
+    )
+    dec = _graph(
+        "decoder",
+        [
+            helper.make_node("MatMul", ["z", "w"], ["h"]),
+            helper.make_node("Sigmoid", ["h"], ["s"]),
+            helper.make_node("Reshape", ["s", "shape"], ["x_hat"]),
+        ],
+        ("z", ["batch", latent]), ("x_hat", ["batch", *SHAPE]),
+        [numpy_helper.from_array(w_dec, "w"), numpy_helper.from_array(shape, "shape")],
+    )
+    return {"encoder": enc, "decoder": dec}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(root: Path, name: str = MODEL, version: int | None = None, latent: int = 2) -> int:
+    """Publish one version of the tiny model atomically (staging folder + rename). Returns the version."""
+    model_dir = root / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+        version = max(taken, default=0) + 1
+    staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    staging.mkdir()
+    graphs = _graphs(latent, seed=version)
+    for g, blob in graphs.items():
+        with open(staging / f"{g}.onnx", "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+    manifest = Manifest(
+        name=name, version=version, family="ae", variant="plain", created_at=datetime.now(UTC),
+        code_version="tests.deploy",
+        data={"dataset": "synthetic", "shape": SHAPE, "preprocessing": "none (synthetic test graph)"},
+        latent=LatentSpec(dim=latent, prior=GaussianPrior(
+            mean=[0.0] * latent, cov=np.eye(latent).tolist())),
+        graphs={
+            "encoder": GraphSpec(file="encoder.onnx", inputs=[TensorSpec(name="x", shape=[-1, *SHAPE])],
+                                 outputs=[TensorSpec(name="z_mean", shape=[-1, latent])]),
+            "decoder": GraphSpec(file="decoder.onnx", inputs=[TensorSpec(name="z", shape=[-1, latent])],
+                                 outputs=[TensorSpec(name="x_hat", shape=[-1, *SHAPE])]),
+        },
+        files={f"{g}.onnx": sha256_file(staging / f"{g}.onnx") for g in graphs},
+        capabilities=["encode", "decode", "sample", "interpolate", "reconstruct"],
+        metrics={"test_mse": 0.1},
+        training={"seed": version},
+    )
+    with open(staging / MANIFEST_NAME, "w") as f:
+        f.write(manifest.model_dump_json(indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(staging)
+    os.rename(staging, model_dir / str(version))  # the atomic step: readers see all of it or nothing
+    _fsync_dir(model_dir)
+    return version
+
+
+@pytest.fixture
+def tiny_store(tmp_path: Path) -> Path:
+    """A fresh store with one model (`tiny-ae`) at version 1."""
+    pytest.importorskip("onnx", reason="building the test graphs needs onnx (dev extra)")
+    root = tmp_path / "models_store"
+    publish(root, MODEL, 1)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200; fail early (with the process output) if `proc` dies."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up:\n{out[-4000:]}")
+        try:
+            r = httpx.get(url, timeout=2.0)
+            if r.status_code == 200:
+                return
+            last = r.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s (last: {last!r})")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate a child we started; kill it if it ignores SIGTERM."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+@pytest.fixture
+def start_replica(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, str]]]:
+    """Start `python -m service` on a free loopback port; every replica started is stopped afterwards."""
+    procs: list[subprocess.Popen] = []
+
+    def start(store: Path, replica_id: str, **env: str) -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        full = {
+            **os.environ,
+            "LATENTSERVE_HOST": "127.0.0.1",
+            "LATENTSERVE_PORT": str(port),
+            "LATENTSERVE_STORE": str(store),
+            "LATENTSERVE_REPLICA_ID": replica_id,
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        log = open(tmp_path / f"replica-{replica_id}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([PYTHON, "-m", "service"], cwd=REPO, env=full, stdout=log,
+                                stderr=subprocess.STDOUT)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}/health/ready", proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            stop(proc)
+            tail = (tmp_path / f"replica-{replica_id}.log").read_text()[-4000:]
+            raise RuntimeError(f"{exc}\n{tail}") from exc
+        return proc, url
+
+    yield start
+    for p in procs:
+        stop(p)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())

@@ -1,0 +1,140 @@
+"""The Triton export: every config.pbtxt is a valid Triton ModelConfig that matches its ONNX graph."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from deploykit import MODEL, PYTHON, REPO, publish
+
+from service.store import sha256_file
+from training.triton import ExportError, TritonOptions, config_pbtxt, export_repository
+
+onnx = pytest.importorskip("onnx", reason="the export test inspects graphs with onnx (dev extra)")
+model_config_pb2 = pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2", reason="Triton's ModelConfig message ships with tritonclient[grpc]"
+)
+from google.protobuf import text_format  # noqa: E402  (protobuf comes with tritonclient[grpc])
+
+FP32 = model_config_pb2.DataType.Value("TYPE_FP32")
+
+
+def _parse(path: Path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _onnx_dims(vi) -> list[int | str]:
+    dims = vi.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def _assert_matches(cfg, model_onnx: Path) -> None:
+    """Names, datatypes and dims (batch excluded) of the config equal the ONNX graph's."""
+    g = onnx.load(str(model_onnx)).graph
+    inits = {i.name for i in g.initializer}
+    graph_inputs = [i for i in g.input if i.name not in inits]
+    for cfg_tensors, onnx_tensors in ((cfg.input, graph_inputs), (cfg.output, g.output)):
+        assert [t.name for t in cfg_tensors] == [t.name for t in onnx_tensors]
+        for ct, ot in zip(cfg_tensors, onnx_tensors, strict=True):
+            assert ct.data_type == FP32
+            assert ot.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            dims = _onnx_dims(ot)
+            assert isinstance(dims[0], str), f"{ot.name}: batch dim must be dynamic in the ONNX graph"
+            assert list(ct.dims) == [d if isinstance(d, int) else -1 for d in dims[1:]]
+
+
+def test_export_writes_a_valid_triton_repository(tiny_store: Path, tmp_path: Path) -> None:
+    publish(tiny_store, MODEL, 2)
+    out = tmp_path / "triton"
+    done = export_repository(tiny_store, out, TritonOptions(max_batch_size=32, max_queue_delay_us=500))
+
+    assert sorted(e.name for e in done) == [f"{MODEL}.decoder", f"{MODEL}.encoder"]
+    # no staging or old folder left behind
+    assert sorted(p.name for p in out.iterdir()) == [f"{MODEL}.decoder", f"{MODEL}.encoder"]
+    for graph in ("encoder", "decoder"):
+        model_dir = out / f"{MODEL}.{graph}"
+        cfg = _parse(model_dir / "config.pbtxt")
+        assert cfg.name == model_dir.name
+        assert cfg.platform == "onnxruntime_onnx"
+        assert cfg.max_batch_size == 32
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+        assert cfg.version_policy.HasField("all")
+        assert sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir()) == [1, 2]
+        for v in (1, 2):
+            exported = model_dir / str(v) / "model.onnx"
+            assert sha256_file(exported) == sha256_file(tiny_store / MODEL / str(v) / f"{graph}.onnx")
+            _assert_matches(cfg, exported)
+
+
+def test_exported_graph_runs_with_the_configured_batch(tiny_store: Path, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "triton"
+    export_repository(tiny_store, out, TritonOptions(max_batch_size=16))
+    cfg = _parse(out / f"{MODEL}.decoder" / "config.pbtxt")
+    sess = ort.InferenceSession(str(out / f"{MODEL}.decoder" / "1" / "model.onnx"))
+    z = np.zeros((cfg.max_batch_size, *cfg.input[0].dims), np.float32)
+    (y,) = sess.run([cfg.output[0].name], {cfg.input[0].name: z})
+    assert y.shape == (cfg.max_batch_size, *cfg.output[0].dims)
+
+
+def test_older_version_with_another_signature_is_left_out(tiny_store: Path, tmp_path: Path) -> None:
+    publish(tiny_store, MODEL, 2, latent=3)  # a retrain with another latent dim: Triton allows one signature
+    out = tmp_path / "triton"
+    export_repository(tiny_store, out)
+    cfg = _parse(out / f"{MODEL}.decoder" / "config.pbtxt")
+    assert list(cfg.input[0].dims) == [3]
+    assert sorted(p.name for p in (out / f"{MODEL}.decoder").iterdir() if p.is_dir()) == ["2"]
+
+
+def test_latest_only_and_re_export_replaces(tiny_store: Path, tmp_path: Path) -> None:
+    publish(tiny_store, MODEL, 2)
+    out = tmp_path / "triton"
+    export_repository(tiny_store, out)
+    export_repository(tiny_store, out, TritonOptions(all_versions=False))
+    model_dir = out / f"{MODEL}.encoder"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["2", "config.pbtxt"]
+    assert _parse(model_dir / "config.pbtxt").version_policy.latest.num_versions == 1
+
+
+def test_corrupt_file_is_refused_and_nothing_half_written(tiny_store: Path, tmp_path: Path) -> None:
+    (tiny_store / MODEL / "1" / "decoder.onnx").write_bytes(b"not the published graph")
+    out = tmp_path / "triton"
+    with pytest.raises(ExportError, match="sha256"):
+        export_repository(tiny_store, out)
+    assert not any(p.name.startswith(".staging") for p in out.iterdir())
+    assert not (out / f"{MODEL}.decoder").exists()
+
+
+def test_empty_store_and_unknown_model_are_errors(tmp_path: Path, tiny_store: Path) -> None:
+    with pytest.raises(ExportError, match="nothing to export"):
+        export_repository(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(ExportError, match="no-such-model"):
+        export_repository(tiny_store, tmp_path / "out", models=["no-such-model"])
+
+
+def test_config_text_is_stable() -> None:
+    """The text the operator reads: dims exclude the batch, names are the graph's."""
+    from service.store import GraphSpec, TensorSpec
+
+    g = GraphSpec(file="decoder.onnx", inputs=[TensorSpec(name="z", shape=[-1, 16])],
+                  outputs=[TensorSpec(name="x_hat", shape=[-1, 1, 28, 28])])
+    text = config_pbtxt("vae-mnist.decoder", g, TritonOptions(max_batch_size=8, max_queue_delay_us=100))
+    cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert (cfg.name, cfg.max_batch_size, list(cfg.input[0].dims), list(cfg.output[0].dims)) == (
+        "vae-mnist.decoder", 8, [16], [1, 28, 28])
+
+
+def test_cli_export_triton(tiny_store: Path, tmp_path: Path) -> None:
+    """`python -m training export-triton` is the documented entry point (the trainer CLI dispatches to it)."""
+    out = tmp_path / "triton"
+    cmd = [PYTHON, "-m", "training", "export-triton", "--store", str(tiny_store), "--out", str(out)]
+    r = subprocess.run([*cmd, "--max-batch-size", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _parse(out / f"{MODEL}.encoder" / "config.pbtxt").max_batch_size == 4
+    shutil.rmtree(out)
+    r = subprocess.run([PYTHON, "-m", "training", "export-triton", "--store", str(tmp_path / "nope"),
+                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
