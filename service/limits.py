@@ -1,0 +1,247 @@
+"""Request limits enforced at the ASGI boundary: body size (413) and per-request time (408 / 504).
+
+Why raw ASGI middleware rather than FastAPI dependencies:
+
+- A chunked upload carries no `Content-Length`, so the only honest check is to count bytes as they arrive,
+  and to stop reading (413) the moment the limit is passed, before any parser has buffered the whole thing.
+- The deadline has to cover body upload and parsing as well as the handler, and it must answer the client
+  even when a sync handler is stuck in a thread (the thread cannot be killed; the client is answered anyway).
+
+The body is read here, up to the limit, and replayed to the app as a single message. The app would have
+to hold the whole body in memory to parse JSON or a form anyway, so this costs no extra peak memory beyond
+one copy of at most `max_body_bytes`.
+
+Errors are rendered here too, in the shape of the API the path belongs to: RFC 9457 problem+json
+everywhere except under `/v2`, where the Open Inference Protocol wants `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Problem `type` slugs used by the limits and the access guard, matching `service.errors` where it has one.
+PROBLEM_TYPES = {
+    400: "bad-request",
+    401: "unauthorized",
+    404: "not-found",
+    408: "request-timeout",
+    413: "payload-too-large",
+    503: "overloaded",
+    504: "timeout",
+}
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches on (the request path minus any root_path), already percent-decoded."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path or "/"
+
+
+def is_v2(path: str) -> bool:
+    """True for Open Inference Protocol paths, whose errors are `{"error": ...}` instead of problem+json."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_payload(scope: Scope, status: int, title: str, detail: str) -> tuple[bytes, bytes]:
+    """(body, content-type) for an error raised outside the app's own handlers, in the path's API style."""
+    path = route_path(scope)
+    if is_v2(path):
+        return orjson.dumps({"error": detail}), b"application/json"
+    problem = {
+        "type": PROBLEM_TYPES.get(status, "about:blank"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": path,
+    }
+    return orjson.dumps(problem), b"application/problem+json"
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    title: str,
+    detail: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer the request with an error (the server closes the connection if a body was left unread)."""
+    body, ctype = error_payload(scope, status, title, detail)
+    raw = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+    raw += headers or []
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _content_length(scope: Scope) -> int | None:
+    """Declared Content-Length, or None when absent; -1 when present but not a plain non-negative integer."""
+    for k, v in scope.get("headers", []):
+        if k == b"content-length":
+            s = v.strip()
+            return int(s) if s.isdigit() else -1
+    return None
+
+
+class _BodyTimeout(Exception):
+    pass
+
+
+def _log_orphan(task: asyncio.Future[None]) -> None:
+    """Collect the result of a timed-out request task, so its error is logged rather than lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("timed-out request later failed: %r", task.exception())
+
+
+class LimitsMiddleware:
+    """Bounds the body size and the time to first response byte of every HTTP request.
+
+    - `max_body_bytes`: a declared Content-Length above it is refused at once; a chunked body is counted as it
+      streams and refused (413) as soon as it passes the limit. `0` disables the check.
+    - `timeout_s`: one deadline from the moment the request reaches the app. A body still uploading at the
+      deadline gets 408 (the client is slow); a handler that has not started its response gets 504 (we are
+      slow). A response already streaming is left to finish. `0` disables the deadline.
+
+    A client that disconnects mid-body is simply dropped: the app is never called with a partial body.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int = 0, timeout_s: float = 0.0) -> None:
+        self.app = app
+        self.max_body_bytes = int(max_body_bytes)
+        self.timeout_s = float(timeout_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
+
+        declared = _content_length(scope)
+        if declared == -1:
+            await send_error(scope, send, 400, "Bad Request", "Content-Length is not a valid integer")
+            return
+        if self.max_body_bytes and declared is not None and declared > self.max_body_bytes:
+            await self._too_large(scope, send, declared)
+            return
+
+        try:
+            body = await self._read_body(receive, deadline)
+        except _BodyTimeout:
+            await send_error(
+                scope, send, 408, "Request Timeout",
+                f"the request body did not arrive within {self.timeout_s:g} s",
+                [(b"connection", b"close")],
+            )
+            return
+        if body is None:  # the client went away mid-body: nobody to answer
+            log.info("client disconnected before sending the whole body of %s", route_path(scope))
+            return
+        if isinstance(body, int):
+            await self._too_large(scope, send, body)
+            return
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for http.disconnect, as the app expects
+
+        if deadline is None:
+            await self.app(scope, replay, send)
+        else:
+            await self._run_with_deadline(scope, replay, send, deadline)
+
+    async def _too_large(self, scope: Scope, send: Send, size: int) -> None:
+        log.warning("refused %s: body of %d+ bytes over the %d byte limit", route_path(scope), size,
+                    self.max_body_bytes)
+        await send_error(
+            scope, send, 413, "Payload Too Large",
+            f"request body is larger than the limit of {self.max_body_bytes} bytes",
+            [(b"connection", b"close")],
+        )
+
+    async def _read_body(self, receive: Receive, deadline: float | None) -> bytes | int | None:
+        """The whole body; or the byte count once it passes the limit; or None if the client disconnected."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if deadline is None:
+                message = await receive()
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _BodyTimeout
+                try:
+                    message = await asyncio.wait_for(receive(), remaining)
+                except TimeoutError as exc:
+                    raise _BodyTimeout from exc
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if self.max_body_bytes and size > self.max_body_bytes:
+                    return size
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _run_with_deadline(self, scope: Scope, receive: Receive, send: Send, deadline: float) -> None:
+        started = asyncio.Event()
+        expired = False
+
+        async def guarded_send(message: Message) -> None:
+            if expired:  # the client already has its 504; a late handler writes nowhere
+                return
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        waiter = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait({task, waiter}, timeout=max(0.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not task.done() and not started.is_set():
+            expired = True
+            # Not awaited: a sync handler in a worker thread defers cancellation until the thread returns,
+            # and the whole point is to answer now. The orphan's outcome is collected and logged.
+            task.cancel()
+            task.add_done_callback(_log_orphan)
+            log.warning("request to %s timed out after %g s", route_path(scope), self.timeout_s)
+            await send_error(
+                scope, send, 504, "Gateway Timeout",
+                f"the request did not complete within {self.timeout_s:g} s",
+            )
+            return
+        await task  # finished, or streaming: let it complete and surface its errors
+
+
+def install(app: Any, settings: Any) -> None:
+    """Add the limits to `app`. Install the access guard after this one, so that the guard runs first."""
+    app.add_middleware(
+        LimitsMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_timeout_s,
+    )

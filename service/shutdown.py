@@ -1,0 +1,136 @@
+"""Graceful shutdown: on SIGTERM readiness drops at once, in-flight requests finish, and the process exits
+within `settings.shutdown_grace_s`.
+
+The sequence after the first SIGTERM (or SIGINT):
+
+    t = 0        app.state.draining = True: /health/ready and /v2/health/ready answer 503 from now on, and
+                 every response carries `Connection: close` so keep-alive clients reconnect elsewhere.
+    0 .. drain   the server still accepts and serves: a load balancer or the Kubernetes endpoints controller
+                 needs a moment to see the readiness change, and a request sent in that window must not fail.
+    drain        uvicorn stops accepting, closes idle connections and waits for the in-flight requests ...
+    grace - 1 s  ... but no longer: what is still running is cancelled, the lifespan shuts down (models are
+                 unloaded only now, after the last request, so nobody sees "unknown model" while draining).
+    grace        a watchdog thread ends the process if anything (a stuck worker thread) still holds it.
+
+A second signal skips the rest of the drain window; SIGINT twice forces an immediate exit (uvicorn's rule).
+Triton's pods answered "unknown model" during shutdown because models were unloaded while requests were
+still admitted; here the store is only closed after uvicorn has stopped admitting and drained.
+
+Use `serve(app, settings)` (what `python -m service` does). Running the app under a bare `uvicorn` command
+still drains in-flight requests, but readiness does not drop early.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from service.limits import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+#: Time kept for the lifespan shutdown after the drain, inside the grace period.
+LIFESPAN_RESERVE_S = 1.0
+
+
+def is_draining(app: Any) -> bool:
+    """True once a shutdown signal has arrived: readiness endpoints must then answer "not ready"."""
+    return bool(getattr(app.state, "draining", False))
+
+
+def mark_draining(app: Any) -> None:
+    """Flip readiness to false (idempotent). Safe to call from a signal handler: it only sets an attribute."""
+    app.state.draining = True
+
+
+class DrainMiddleware:
+    """Adds `Connection: close` to every response once draining, so pooled client connections move away."""
+
+    def __init__(self, app: ASGIApp, owner: Any) -> None:
+        self.app = app
+        self.owner = owner  # the FastAPI app whose state carries the flag
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and is_draining(self.owner):
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message["headers"] = headers + [(b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
+
+
+def install(app: Any, settings: Any) -> None:
+    """Initialise the readiness flag and the drain middleware on `app`."""
+    app.state.draining = False
+    app.add_middleware(DrainMiddleware, owner=app)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn.Server whose signal handler drops readiness first and delays the stop by the drain window."""
+
+    def __init__(self, config: uvicorn.Config, app: Any, grace_s: float, drain_s: float) -> None:
+        super().__init__(config)
+        self.owner = app
+        self.grace_s = grace_s
+        self.drain_s = min(drain_s, max(0.0, grace_s - LIFESPAN_RESERVE_S))
+        self._signalled = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._signalled:  # a second signal: stop draining now (SIGINT twice forces, as in uvicorn)
+            super().handle_exit(sig, frame)
+            return
+        self._signalled = True
+        mark_draining(self.owner)
+        log.info("signal %d: readiness is now false; draining for %.1f s, exiting within %.1f s",
+                 sig, self.drain_s, self.grace_s)
+        watchdog = threading.Timer(self.grace_s, _hard_exit, args=(self.grace_s,))
+        watchdog.daemon = True
+        watchdog.start()
+        if self.drain_s > 0:
+            stopper = threading.Timer(self.drain_s, uvicorn.Server.handle_exit, args=(self, sig, None))
+            stopper.daemon = True
+            stopper.start()
+        else:
+            super().handle_exit(sig, frame)
+
+
+def _hard_exit(grace_s: float) -> None:
+    log.error("still running %.1f s after the shutdown signal: exiting now", grace_s)
+    logging.shutdown()
+    os._exit(1)
+
+
+def server_for(app: Any, settings: Any, **config: Any) -> GracefulServer:
+    """A GracefulServer for `app` with host/port/log level from settings; extra uvicorn.Config kwargs win."""
+    grace = float(settings.shutdown_grace_s)
+    drain = float(settings.shutdown_drain_s)
+    drain_budget = max(0.1, grace - min(drain, grace) - LIFESPAN_RESERVE_S)
+    kwargs: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": str(getattr(settings, "log_level", "info")).lower(),
+        "timeout_graceful_shutdown": drain_budget,
+        "workers": 1,
+    }
+    kwargs.update(config)
+    return GracefulServer(uvicorn.Config(app, **kwargs), app, grace_s=grace, drain_s=drain)
+
+
+def serve(app: Any, settings: Any, **config: Any) -> None:
+    """Run `app` until a shutdown signal, then shut down gracefully (see the module docstring)."""
+    server_for(app, settings, **config).run()
+
+
+__all__ = [
+    "DrainMiddleware", "GracefulServer", "install", "is_draining", "mark_draining", "serve", "server_for",
+]
