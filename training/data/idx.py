@@ -82,8 +82,8 @@ def _parse(f: BinaryIO, path: Path, expect_magic: int | None) -> np.ndarray:
     if zero != 0 or code not in IDX_DTYPES or ndim == 0:
         raise DataError(f"{path}: wrong magic number {magic} (0x{magic:08x}); not an IDX file")
     if expect_magic is not None and magic != expect_magic:
-        raise DataError(f"{path}: wrong magic number {magic} (0x{magic:08x}), expected {expect_magic} "
-                        f"(0x{expect_magic:08x}, {_kind(expect_magic)})")
+        raise DataError(f"{path}: wrong magic number {magic} (0x{magic:08x}: {_describe(magic)}), "
+                        f"expected {expect_magic} (0x{expect_magic:08x}: {_describe(expect_magic)})")
     dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, "dimensions"))
     dtype = IDX_DTYPES[code]
     n_bytes = int(np.prod(dims, dtype=object)) * dtype.itemsize
@@ -93,8 +93,11 @@ def _parse(f: BinaryIO, path: Path, expect_magic: int | None) -> np.ndarray:
     return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _kind(magic: int) -> str:
-    return {IMAGES_MAGIC: "idx3 images", LABELS_MAGIC: "idx1 labels"}.get(magic, "IDX")
+def _describe(magic: int) -> str:
+    """'uint8, 3 dims (images)' -- what a magic number means, so a swapped or odd file explains itself."""
+    dtype, ndim = IDX_DTYPES[(magic >> 8) & 0xFF], magic & 0xFF
+    kind = {IMAGES_MAGIC: " (images)", LABELS_MAGIC: " (labels)"}.get(magic, "")
+    return f"{dtype.name}, {ndim} dim{'s' if ndim != 1 else ''}{kind}"
 
 
 def read_images(path: str | Path) -> np.ndarray:
