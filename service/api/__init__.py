@@ -1,0 +1,1 @@
+"""HTTP routers, one per concern. `service.app.ROUTERS` lists them in one place."""

@@ -1,0 +1,139 @@
+"""The FastAPI application factory. Nothing loads at import time: the lifespan opens the store and runtime.
+
+Routers are listed once, in ROUTERS; add yours there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import health, models, ops, playground
+from service.errors import PayloadTooLarge, install_handlers, problem_response
+from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import router as metrics_router
+from service.runtime import Runtime
+from service.settings import Settings, get_settings
+from service.store.repository import ModelStore
+from service.v2 import router as v2
+
+log = logging.getLogger(__name__)
+
+#: Every router of the app, in the order they are mounted.
+ROUTERS: list[APIRouter] = [
+    health.router,
+    models.router,
+    ops.router,
+    v2.router,
+    v2.admin_router,
+    metrics_router,
+    playground.router,
+]
+
+DESCRIPTION = """Encode, decode, sample, interpolate, reconstruct, denoise and score anomalies with
+autoencoder-family models
+(AE, VAE, AAE, WAE, GAN) from the models store, on onnxruntime. Errors are RFC 9457 problem+json."""
+
+
+class BodyLimit:
+    """Refuse bodies above max_bytes with 413 before any handler sees them (declared or streamed length)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, int(declared))
+            return
+        chunks, size, more = [], 0, True
+        while more:  # buffer the body (bounded) so a chunked upload cannot exceed the limit either
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, size)
+                return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        err = PayloadTooLarge(f"request body of {size}+ bytes is above the limit of {self.max_bytes} bytes")
+        resp = problem_response(
+            Request(scope),
+            err.status,
+            err.type,
+            err.title,
+            err.detail,
+            {"Connection": "close"},
+            limit=self.max_bytes,
+        )
+        await resp(scope, receive, send)
+
+
+async def _reload_loop(store: ModelStore, runtime: Runtime, every_s: float) -> None:
+    """Rescan the store periodically; a failed rescan keeps what was served."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await anyio.to_thread.run_sync(store.reload)
+            runtime.retain(store)
+        except Exception:
+            log.exception("store reload failed; keeping the previous snapshot")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    runtime = Runtime(settings, stats=app.state.metrics.inference)
+    store = await anyio.to_thread.run_sync(ModelStore.open, settings.store, runtime.prepare)
+    runtime.retain(store)
+    app.state.runtime, app.state.store, app.state.ready = runtime, store, True
+    log.info("serving %d models from %s (%s backend)", len(store.names()), settings.store, settings.backend)
+    reloader = None
+    if settings.reload_interval_s > 0:
+        reloader = asyncio.create_task(_reload_loop(store, runtime, settings.reload_interval_s))
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        if reloader is not None:
+            reloader.cancel()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. The store opens in the lifespan, so importing or creating an app loads nothing."""
+    settings = settings or get_settings()
+    app = FastAPI(title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = app.state.runtime = None
+    app.state.ready = False
+    install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.state.metrics = Metrics()  # one registry per app, so tests can build many
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

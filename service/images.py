@@ -1,0 +1,226 @@
+"""Images in and out: JSON arrays, base64 PNG/JPEG strings and PNG grids, checked before they reach a model.
+
+In: nested arrays (N, C, H, W), (N, H, W) or one (H, W) image with values in the model's range; or base64
+PNG/JPEG strings (a `data:` URL prefix is allowed). Other sizes and channel counts are converted to the
+model's and each conversion is reported; `strict` refuses them instead. NaN/inf, values out of range,
+undecodable images, too many items and decompression bombs (judged from the header's declared size, before
+decoding) are refused with a domain error.
+
+Out: JSON arrays, base64 PNG strings, or one PNG grid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import InvalidInput, PayloadTooLarge
+from service.store.manifest import DataSpec
+
+_MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
+_RANGE_TOL = 1e-6  # float noise from clients that computed their pixels
+
+
+@dataclass
+class ParsedImages:
+    array: np.ndarray  # (N, C, H, W) float32 in the model's value range
+    converted: list[dict[str, Any]] = field(default_factory=list)  # one entry per converted item
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_items: int
+    max_pixels: int
+    strict: bool = False
+
+
+# --- in -----------------------------------------------------------------------------------------
+def parse_images(value: Any, data: DataSpec, limits: ImageLimits, what: str = "images") -> ParsedImages:
+    """Turn a request's `images` value into a checked (N, C, H, W) float32 array in the model's format."""
+    if isinstance(value, (str, bytes)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"{what} must be a non-empty array of pixel values or of base64 images")
+    if len(value) > limits.max_items:
+        raise PayloadTooLarge(
+            f"{len(value)} {what} in one request; the limit is {limits.max_items}", limit=limits.max_items
+        )
+    if all(isinstance(v, (str, bytes)) for v in value):
+        items = [_decode_image(v, i, data, limits) for i, v in enumerate(value)]
+    elif any(isinstance(v, (str, bytes)) for v in value):
+        raise InvalidInput(f"{what} mixes base64 strings and arrays; send one kind per request")
+    else:
+        items = _array_items(value, data, what)
+    out = ParsedImages(array=np.empty((len(items), *data.shape), dtype=np.float32))
+    for i, (img, source) in enumerate(items):
+        img, note = _to_model_format(img, data, i, limits.strict, source)
+        out.array[i] = img
+        if note:
+            out.converted.append(note)
+    return out
+
+
+def _array_items(value: list[Any], data: DataSpec, what: str) -> list[tuple[np.ndarray, str]]:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{what} is not a rectangular array of numbers") from exc
+    if arr.ndim == 2:  # one (H, W) image
+        arr = arr[None, None]
+    elif arr.ndim == 3:  # (N, H, W) grayscale batch
+        arr = arr[:, None]
+    elif arr.ndim != 4:
+        raise InvalidInput(f"{what} must be (N, C, H, W), (N, H, W) or (H, W); got shape {list(arr.shape)}")
+    if 0 in arr.shape:
+        raise InvalidInput(f"{what} has an empty dimension: shape {list(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise InvalidInput(f"{what} contains NaN or infinite values")
+    lo, hi = data.value_range
+    if arr.min() < lo - _RANGE_TOL or arr.max() > hi + _RANGE_TOL:
+        raise InvalidInput(
+            f"{what} values must lie in [{lo}, {hi}]; got min {arr.min():.4g}, max {arr.max():.4g}"
+        )
+    arr = np.clip(arr, lo, hi).astype(np.float32)
+    return [(a, "array") for a in arr]
+
+
+def _decode_image(s: str | bytes, index: int, data: DataSpec, limits: ImageLimits) -> tuple[np.ndarray, str]:
+    """base64 PNG/JPEG -> (C, H, W) float32 in the model's range, with the declared size checked first."""
+    raw = _b64(s, index)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"])  # lazy: reads the header only
+            w, h = im.size
+            if w * h > limits.max_pixels:
+                raise PayloadTooLarge(
+                    f"image {index} declares {w}x{h} pixels; the limit is {limits.max_pixels} pixels",
+                    limit=limits.max_pixels,
+                )
+            channels = data.shape[0]
+            mode = _MODE_FOR_CHANNELS.get(channels)
+            if mode is None:
+                raise InvalidInput(f"model takes {channels}-channel input; send arrays, not PNG/JPEG")
+            source = f"{im.format} {w}x{h} {im.mode}"
+            im.load()
+            if im.mode != mode:
+                im = im.convert(mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"image {index} is too large to decode: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"image {index} is not a decodable PNG or JPEG ({type(exc).__name__})") from exc
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+    lo, hi = data.value_range
+    return (lo + arr * (hi - lo)).astype(np.float32), source
+
+
+def _b64(s: str | bytes, index: int) -> bytes:
+    if isinstance(s, bytes):
+        return s
+    if s.startswith("data:"):
+        head, _, s = s.partition(",")
+        if ";base64" not in head:
+            raise InvalidInput(f"image {index}: only base64 data URLs are accepted")
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"image {index} is not valid base64") from exc
+
+
+def _to_model_format(
+    img: np.ndarray, data: DataSpec, index: int, strict: bool, source: str
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Convert one (C0, H0, W0) image to the model's (C, H, W); report what changed, or refuse when strict."""
+    c, h, w = data.shape
+    c0, h0, w0 = img.shape
+    src_mode = source.rsplit(" ", 1)[-1] if source != "array" else None
+    mode_changed = src_mode is not None and src_mode != _MODE_FOR_CHANNELS.get(c)
+    if (c0, h0, w0) == (c, h, w) and not mode_changed:
+        return img, None
+    note = {"index": index, "from": [c0, h0, w0] if src_mode is None else source, "to": [c, h, w]}
+    if strict:
+        raise InvalidInput(
+            f"image {index} is {note['from']}, the model takes {[c, h, w]}; strict=true refuses to convert",
+            converted=[note],
+        )
+    if c0 != c:
+        if c0 == 1 and c == 3:
+            img = np.repeat(img, 3, axis=0)
+        elif c0 in (3, 4) and c == 1:  # ITU-R 601 luma, alpha dropped
+            img = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), img[:3], axes=1)[None]
+        elif c0 == 4 and c == 3:
+            img = img[:3]
+        else:
+            raise InvalidInput(f"image {index} has {c0} channels; cannot convert to the model's {c}")
+    if (h0, w0) != (h, w):
+        lo, hi = data.value_range
+        img = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32)).resize(
+                        (w, h), Image.Resampling.BILINEAR
+                    )
+                )
+                for ch in img
+            ]
+        )
+        img = np.clip(img, lo, hi)
+    return img.astype(np.float32), note
+
+
+# --- out ----------------------------------------------------------------------------------------
+def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """(N, C, H, W) floats -> (N, H, W, C) uint8, clipped to the range first."""
+    lo, hi = value_range
+    x = (np.clip(images, lo, hi) - lo) / (hi - lo)
+    return np.rint(x * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def _pil(tile: np.ndarray) -> Image.Image:  # (H, W, C) uint8
+    return (
+        Image.fromarray(np.ascontiguousarray(tile[..., 0])) if tile.shape[-1] != 3 else Image.fromarray(tile)
+    )
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def to_base64_pngs(images: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -> list[str]:
+    """One base64 PNG (no data: prefix) per image, at the model's size."""
+    return [base64.b64encode(png_bytes(_pil(t))).decode("ascii") for t in to_uint8(images, value_range)]
+
+
+def grid_png(
+    images: np.ndarray,
+    columns: int | None = None,
+    scale: int = 1,
+    pad: int = 1,
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> bytes:
+    """All images in one PNG, row-major, `columns` wide (default: square-ish), each tile upscaled `scale`x."""
+    tiles = to_uint8(images, value_range)  # (N, H, W, C)
+    n, h, w, c = tiles.shape
+    c = 3 if c == 3 else 1
+    cols = max(1, min(columns or math.ceil(math.sqrt(n)), n))
+    rows = math.ceil(n / cols)
+    canvas = np.full((pad + rows * (h + pad), pad + cols * (w + pad), c), 128, dtype=np.uint8)  # grey gutters
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[y : y + h, x : x + w] = tiles[i][..., :c]
+    im = _pil(canvas)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    return png_bytes(im)

@@ -1,0 +1,275 @@
+"""The operations, as plain async functions on numpy arrays and a runner (anything with `Runtime.infer`).
+
+No HTTP here: handlers parse, call one of these, and shape the answer. Images are float32 (N, C, H, W) in the
+model's value range, already validated by `service.images`; latents are float32 (N, latent_dim). A capability
+the model lacks raises `CapabilityMissing` naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from service.errors import CapabilityMissing, InvalidInput
+from service.store import scores
+from service.store.manifest import GaussianPrior, GMMPrior, Manifest
+from service.store.repository import ModelVersion
+
+Method = Literal["linear", "slerp"]
+NoiseKind = Literal["gaussian", "salt-and-pepper", "masking"]
+MIN_STEPS, MAX_STEPS = 2, 256
+
+
+class Runner(Protocol):
+    async def infer(
+        self, mv: ModelVersion, graph: str, feeds: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]: ...
+
+
+# --- results ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoded:
+    mean: np.ndarray  # (N, D)
+    logvar: np.ndarray | None  # (N, D) for VAEs
+
+
+@dataclass(frozen=True)
+class Sampled:
+    images: np.ndarray  # (N, C, H, W)
+    latents: np.ndarray  # (N, D)
+    seed: int
+
+
+@dataclass(frozen=True)
+class Interpolated:
+    images: np.ndarray  # (steps, C, H, W)
+    latents: np.ndarray  # (steps, D)
+    t: np.ndarray  # (steps,) from 0 to 1
+
+
+@dataclass(frozen=True)
+class Reconstructed:
+    images: np.ndarray  # (N, C, H, W)
+    mse: np.ndarray  # (N,)
+
+
+@dataclass(frozen=True)
+class Denoised:
+    images: np.ndarray  # (N, C, H, W) clean estimates
+    noisy: np.ndarray | None  # (N, C, H, W) the corrupted inputs, when the noise was added here
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    kind: NoiseKind
+    level: float  # gaussian: std; salt-and-pepper and masking: fraction of pixels hit
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AnomalyScores:
+    score: str  # the score kind, e.g. "reconstruction"
+    raw: np.ndarray  # (N,)
+    normalised: np.ndarray  # (N,) in (0, 1); the threshold maps to 0.5
+    threshold: float
+    is_anomaly: np.ndarray  # (N,) bool
+    heatmaps: np.ndarray | None  # (N, C, H, W)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def require(mv: ModelVersion, capability: str, why: str = "") -> None:
+    """Raise CapabilityMissing unless the manifest declares `capability`."""
+    caps = list(mv.manifest.capabilities)
+    if capability not in caps:
+        raise CapabilityMissing(mv.name, capability, caps, why)
+
+
+async def _run(rt: Runner, mv: ModelVersion, graph: str, x: np.ndarray) -> list[np.ndarray]:
+    """One single-input graph; outputs in the manifest's order."""
+    spec = mv.manifest.graphs[graph]
+    out = await rt.infer(mv, graph, {spec.inputs[0].name: np.ascontiguousarray(x, dtype=np.float32)})
+    return [out[t.name] for t in spec.outputs]
+
+
+def check_latents(mv: ModelVersion, z: np.ndarray, what: str = "latents") -> np.ndarray:
+    """(N, D) float32, finite, D = the model's latent dim."""
+    dim = mv.manifest.latent.dim
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim == 1:
+        z = z[None, :]
+    if z.ndim != 2 or z.shape[1] != dim:
+        raise InvalidInput(f"{what} must have shape (N, {dim}) for model {mv.name!r}, got {list(z.shape)}")
+    if not np.isfinite(z).all():
+        raise InvalidInput(f"{what} contain NaN or infinite values")
+    return z
+
+
+# --- operations ---------------------------------------------------------------------------------
+async def encode(rt: Runner, mv: ModelVersion, x: np.ndarray) -> Encoded:
+    """Latent means (and log-variances for VAEs) of images."""
+    require(mv, "encode")
+    outs = await _run(rt, mv, "encoder", x)
+    return Encoded(mean=outs[0], logvar=outs[1] if len(outs) > 1 else None)
+
+
+async def decode(rt: Runner, mv: ModelVersion, z: np.ndarray) -> np.ndarray:
+    """Images from latents."""
+    require(mv, "decode")
+    return (await _run(rt, mv, "decoder", check_latents(mv, z)))[0]
+
+
+def _sqrt_cov(cov: np.ndarray) -> np.ndarray:
+    """A matrix L with L @ L.T = cov; eigen-decomposition tolerates the semi-definite covariances of fits."""
+    w, v = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
+    return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def draw_prior(manifest: Manifest, n: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+    """n codes from the manifest's prior; temperature scales the deviation from the (component) mean."""
+    dim = manifest.latent.dim
+    prior = manifest.latent.prior
+    eps = rng.standard_normal((n, dim))  # (N, D)
+    if isinstance(prior, GaussianPrior):
+        z = np.asarray(prior.mean) + temperature * eps @ _sqrt_cov(np.asarray(prior.cov)).T
+    elif isinstance(prior, GMMPrior):
+        w = np.asarray(prior.weights, dtype=np.float64)
+        comp = rng.choice(len(w), size=n, p=w / w.sum())
+        roots = np.stack([_sqrt_cov(np.asarray(c)) for c in prior.covs])  # (K, D, D)
+        z = np.asarray(prior.means)[comp] + temperature * np.einsum("nij,nj->ni", roots[comp], eps)
+    else:
+        z = temperature * eps
+    return z.astype(np.float32)
+
+
+async def sample(
+    rt: Runner, mv: ModelVersion, n: int, seed: int | None = None, temperature: float = 1.0
+) -> Sampled:
+    """n images decoded from prior draws. Same seed, same bytes; without a seed one is picked and returned."""
+    require(mv, "sample")
+    if n < 1:
+        raise InvalidInput("n must be at least 1")
+    if not (np.isfinite(temperature) and temperature >= 0):
+        raise InvalidInput("temperature must be a finite number >= 0")
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    z = draw_prior(mv.manifest, n, np.random.default_rng(seed), temperature)
+    images = (await _run(rt, mv, "decoder", z))[0]
+    return Sampled(images=images, latents=z, seed=seed)
+
+
+def path(a: np.ndarray, b: np.ndarray, steps: int, method: Method) -> tuple[np.ndarray, np.ndarray]:
+    """`steps` points from a to b (both included): linear, or spherical (slerp) when the angle allows."""
+    if not MIN_STEPS <= steps <= MAX_STEPS:
+        raise InvalidInput(f"steps must be between {MIN_STEPS} and {MAX_STEPS}, got {steps}")
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    t = np.linspace(0.0, 1.0, steps)  # (S,)
+    omega = 0.0
+    if method == "slerp":
+        na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+        if na > 0 and nb > 0:
+            omega = float(np.arccos(np.clip(np.dot(a64 / na, b64 / nb), -1.0, 1.0)))
+    if method == "slerp" and 1e-6 < omega < np.pi - 1e-6:
+        s = np.sin(omega)
+        z = (np.sin((1 - t) * omega) / s)[:, None] * a64 + (np.sin(t * omega) / s)[:, None] * b64
+    else:  # linear, or slerp between (anti-)parallel vectors where it is undefined
+        z = (1 - t)[:, None] * a64 + t[:, None] * b64
+    z = z.astype(np.float32)
+    z[0], z[-1] = a, b  # endpoints exactly as given
+    return z, t
+
+
+async def interpolate(
+    rt: Runner,
+    mv: ModelVersion,
+    start: np.ndarray,
+    end: np.ndarray,
+    steps: int = 8,
+    method: Method = "linear",
+) -> Interpolated:
+    """Images along a path between two latents (D,) or two images (C, H, W), encoded to their means first."""
+    require(mv, "interpolate")
+    ends = []
+    for label, v in (("start", start), ("end", end)):
+        if v.ndim == 3:  # an image
+            require(mv, "encode", f" (needed to interpolate from an image {label})")
+            v = (await encode(rt, mv, v[None])).mean[0]
+        ends.append(check_latents(mv, v, label)[0])
+    z, t = path(ends[0], ends[1], steps, method)
+    images = (await _run(rt, mv, "decoder", z))[0]
+    return Interpolated(images=images, latents=z, t=t)
+
+
+async def _autoencode(rt: Runner, mv: ModelVersion, x: np.ndarray) -> np.ndarray:
+    mean = (await _run(rt, mv, "encoder", x))[0]
+    return (await _run(rt, mv, "decoder", mean))[0]
+
+
+async def reconstruct(rt: Runner, mv: ModelVersion, x: np.ndarray) -> Reconstructed:
+    """decode(encode(x)) and the per-image mean squared error."""
+    require(mv, "reconstruct")
+    x_hat = await _autoencode(rt, mv, x)
+    mse = np.square(x - x_hat, dtype=np.float32).reshape(len(x), -1).mean(axis=1)
+    return Reconstructed(images=x_hat, mse=mse)
+
+
+def corrupt(x: np.ndarray, noise: NoiseSpec, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Seeded corruption: gaussian (std = level), salt-and-pepper or masking (level = fraction of pixels)."""
+    lo, hi = value_range
+    if noise.level < 0 or (noise.kind != "gaussian" and noise.level > 1):
+        raise InvalidInput(f"noise level {noise.level} out of range for {noise.kind}")
+    rng = np.random.default_rng(noise.seed)
+    if noise.kind == "gaussian":
+        noisy = x + rng.normal(0.0, noise.level, size=x.shape) * (hi - lo)
+    elif noise.kind == "salt-and-pepper":
+        hit = rng.random(x.shape) < noise.level
+        noisy = np.where(hit, np.where(rng.random(x.shape) < 0.5, lo, hi), x)
+    else:  # masking
+        noisy = np.where(rng.random(x.shape) < noise.level, lo, x)
+    return np.clip(noisy, lo, hi).astype(np.float32)
+
+
+async def denoise(rt: Runner, mv: ModelVersion, x: np.ndarray, noise: NoiseSpec | None = None) -> Denoised:
+    """Clean estimates decode(encode(x)); with `noise`, x is corrupted here first and returned as `noisy`."""
+    require(mv, "denoise")
+    noisy = corrupt(x, noise, mv.manifest.data.value_range) if noise is not None else None
+    clean = await _autoencode(rt, mv, noisy if noisy is not None else x)
+    return Denoised(images=clean, noisy=noisy)
+
+
+async def anomaly_score(rt: Runner, mv: ModelVersion, x: np.ndarray, heatmap: bool = False) -> AnomalyScores:
+    """Raw score per manifest.anomaly.score (see service.store.scores), normalised so the threshold is 0.5."""
+    require(mv, "anomaly-score")
+    spec = mv.manifest.anomaly
+    assert spec is not None  # the manifest validator guarantees it for this capability
+    enc = await _run(rt, mv, "encoder", x)
+    x_hat = (await _run(rt, mv, "decoder", enc[0]))[0]
+    if spec.score == "reconstruction":
+        raw, hmap = scores.reconstruction(x, x_hat)
+    elif spec.score == "vae_elbo":
+        if len(enc) < 2:
+            raise InvalidInput(f"model {mv.name!r} declares vae_elbo but its encoder has no log-variance")
+        raw, hmap = scores.vae_elbo(
+            x,
+            x_hat,
+            enc[0],
+            enc[1],
+            likelihood=str(spec.params.get("likelihood", "bernoulli")),
+            sigma=scores.params_float(spec.params, "sigma", 0.1),
+        )
+    else:  # fanogan: critic features of x and of G(E(x))
+        f_x = (await _run(rt, mv, "critic", x))[0]
+        f_x_hat = (await _run(rt, mv, "critic", x_hat))[0]
+        raw, hmap = scores.fanogan(
+            x, x_hat, f_x, f_x_hat, kappa=scores.params_float(spec.params, "kappa", 1.0)
+        )
+    raw = np.asarray(raw, dtype=np.float64)
+    return AnomalyScores(
+        score=spec.score,
+        raw=raw,
+        normalised=scores.normalise(raw, spec.threshold, spec.scale),
+        threshold=spec.threshold,
+        is_anomaly=raw > spec.threshold,
+        heatmaps=hmap if heatmap else None,
+    )

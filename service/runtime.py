@@ -1,0 +1,164 @@
+"""Inference sessions over the store's graphs, and `Runtime.infer`: the single choke point for inference.
+
+One onnxruntime `InferenceSession` (CPU execution provider) per graph of every served version, created when
+the store is opened (the store calls `Runtime.prepare` for each version it accepts, so a graph that
+onnxruntime cannot load rejects that version only). `infer` runs a session in a worker thread (onnxruntime
+releases the GIL). Batching and metrics plug in behind `infer`; every /v1 operation goes through it.
+
+The optional TorchScript backend (`LATENTSERVE_BACKEND=torchscript`) imports torch lazily, in
+`_TorchScriptSession`, and only then.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+import anyio.to_thread
+import numpy as np
+
+from service.batching import BatcherPool, QueueFull, batch_config_from, run_timed
+from service.errors import InferenceFailed, InvalidInput, Overloaded
+from service.metrics import InferenceStats
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.store.repository import ModelStore, ModelVersion
+
+log = logging.getLogger(__name__)
+
+SessionKey = tuple[str, int, str]  # (model, version, graph)
+
+
+class GraphSession(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class _OnnxSession:
+    def __init__(self, path: str, settings: Settings) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = settings.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run(self.output_names, feeds))
+
+
+class _TorchScriptSession:
+    """TorchScript twin of a graph; inputs are fed positionally in the manifest's order."""
+
+    def __init__(
+        self, path: str, input_names: list[str], output_names: list[str], settings: Settings
+    ) -> None:
+        import torch  # lazy: only this backend needs torch
+
+        if settings.intra_op_threads > 0:
+            torch.set_num_threads(settings.intra_op_threads)
+        self._torch = torch
+        self.module = torch.jit.load(path, map_location="cpu").eval()
+        self.input_names, self.output_names = input_names, output_names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.module(*(torch.from_numpy(feeds[n]) for n in self.input_names))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().cpu().numpy() for o in outs]
+
+
+class Runtime:
+    """Sessions keyed by (model, version, graph), and the async `infer` every operation awaits."""
+
+    def __init__(self, settings: Settings, stats: InferenceStats | None = None) -> None:
+        self.settings = settings
+        self._sessions: dict[SessionKey, GraphSession] = {}
+        self.stats = stats or InferenceStats()  # Triton-named metrics, labelled by V2 name <model>.<graph>
+        self._batchers = BatcherPool(batch_config_from(settings), self.stats)  # used when settings.batching
+
+    def prepare(self, mv: ModelVersion) -> None:
+        """Create the sessions of every graph of `mv` (idempotent). Raises when a graph cannot be loaded."""
+        for gname, spec in mv.manifest.graphs.items():
+            key = (mv.name, mv.version, gname)
+            if key in self._sessions:
+                continue
+            self._sessions[key] = self._make_session(mv, gname)
+            ins = [t.name for t in spec.inputs]
+            outs = [t.name for t in spec.outputs]
+            got = self._sessions[key]
+            if got.input_names != ins or got.output_names != outs:
+                del self._sessions[key]
+                raise ValueError(
+                    f"graph {gname!r}: file has inputs {got.input_names} outputs {got.output_names}, "
+                    f"manifest says {ins} {outs}"
+                )
+
+    def _make_session(self, mv: ModelVersion, gname: str) -> GraphSession:
+        spec = mv.manifest.graphs[gname]
+        if self.settings.backend == "torchscript":
+            if spec.torchscript is None:
+                raise ValueError(f"graph {gname!r} has no TorchScript twin")
+            return _TorchScriptSession(
+                str(mv.file(spec.torchscript)),
+                [t.name for t in spec.inputs],
+                [t.name for t in spec.outputs],
+                self.settings,
+            )
+        try:
+            return _OnnxSession(str(mv.file(spec.file)), self.settings)
+        except Exception as exc:  # onnxruntime raises its own exception types; say which graph failed
+            raise ValueError(f"graph {gname!r}: onnxruntime cannot load {spec.file}: {exc}") from exc
+
+    def retain(self, store: ModelStore) -> None:
+        """Drop sessions of versions the store no longer serves (after a reload)."""
+        keep = {(mv.name, mv.version) for mv in store.all_versions()}
+        for key in [k for k in self._sessions if (k[0], k[1]) not in keep]:
+            del self._sessions[key]
+
+    def session(self, mv: ModelVersion, graph: str) -> GraphSession:
+        try:
+            return self._sessions[(mv.name, mv.version, graph)]
+        except KeyError:
+            raise InferenceFailed(f"no session for graph {graph!r} of {mv.name} v{mv.version}") from None
+
+    def keys(self) -> Iterable[SessionKey]:
+        return list(self._sessions)
+
+    async def infer(
+        self, mv: ModelVersion, graph: str, feeds: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Run one graph on `feeds` in a worker thread; outputs by name. The one door to inference."""
+        sess = self.session(mv, graph)
+        label, version, start = f"{mv.name}.{graph}", str(mv.version), time.perf_counter()
+        missing = set(sess.input_names) - set(feeds)
+        if missing:
+            self.stats.request(label, version, 0.0, reason="OTHER")
+            raise InvalidInput(f"graph {graph!r} needs inputs {sorted(missing)}")
+        try:
+            if self.settings.batching:  # merged with concurrent requests to this graph (service.batching)
+                out = await self._batchers.get((mv.name, mv.version, graph), sess, label, version).infer(
+                    feeds
+                )
+            else:
+                out = await anyio.to_thread.run_sync(run_timed, sess, feeds, self.stats, label, version)
+        except QueueFull as exc:
+            self.stats.request(label, version, time.perf_counter() - start, reason="REJECTED")
+            raise Overloaded(str(exc), exc.retry_after_s) from exc
+        except Exception as exc:
+            self.stats.request(label, version, time.perf_counter() - start, reason="BACKEND")
+            log.warning("inference failed on %s v%s %s: %s", mv.name, mv.version, graph, exc)
+            raise InferenceFailed(f"{graph} of {mv.name} v{mv.version} failed: {type(exc).__name__}") from exc
+        self.stats.request(label, version, time.perf_counter() - start)
+        return out

@@ -1,0 +1,218 @@
+"""Request and response bodies of the /v1 API, named per direction. Their descriptions become /docs.
+
+Handlers build responses as plain dicts serialised with orjson (numpy arrays go straight through); the
+response models here document them and tests validate real answers against them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_STEPS = 256
+
+ImagesValue = list[Any] | str
+IMAGES_DESC = (
+    "Images: nested arrays (N, C, H, W), (N, H, W) or one (H, W) image with values in the model's range "
+    "(usually [0, 1]); or base64 PNG/JPEG strings (a `data:image/png;base64,` prefix is allowed), one per "
+    "image. Multipart uploads send the files as repeated `images` form fields."
+)
+OutFormat = Literal["json", "png"]
+FORMAT_DESC = (
+    "`json`: nested arrays; `png`: one base64 PNG string per image. `Accept: image/png` gives one grid."
+)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _ImagesIn(_Request):
+    images: ImagesValue = Field(description=IMAGES_DESC)
+    strict: bool = Field(
+        default=False, description="refuse images whose size or channels differ instead of converting them"
+    )
+
+
+class _Out(_Request):
+    format: OutFormat = Field(default="json", description=FORMAT_DESC)
+
+
+# --- requests -----------------------------------------------------------------------------------
+class EncodeRequest(_ImagesIn):
+    """Images to encode."""
+
+
+class DecodeRequest(_Out):
+    latents: list[list[float]] | list[float] = Field(
+        description="latent codes (N, latent_dim), or one code (latent_dim,)"
+    )
+
+
+class SampleRequest(_Out):
+    n: int = Field(default=16, ge=1, description="number of images (at most the server's max_items)")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="same seed, same images, byte for byte; omitted: the server picks one and returns it",
+    )
+    temperature: float = Field(
+        default=1.0, ge=0.0, le=10.0, description="scales the deviation from the prior mean"
+    )
+
+
+class InterpolateRequest(_Out):
+    start: ImagesValue = Field(
+        description="a latent (latent_dim,), or one image: (H, W) or (1, C, H, W) array, or a base64 PNG/JPEG"
+    )
+    end: ImagesValue = Field(description="same kinds as `start`")
+    steps: int = Field(default=8, ge=2, le=MAX_STEPS, description="points on the path, endpoints included")
+    method: Literal["linear", "slerp"] = Field(default="linear", description="straight line or great circle")
+    strict: bool = Field(default=False, description="refuse images that would need converting")
+
+
+class ReconstructRequest(_ImagesIn, _Out):
+    """Images to pass through encoder and decoder."""
+
+
+class NoiseIn(_Request):
+    kind: Literal["gaussian", "salt-and-pepper", "masking"] = Field(description="corruption applied first")
+    level: float = Field(
+        ge=0.0, le=1.0, description="gaussian: std (in units of the value range); others: fraction"
+    )
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="same seed, same corruption")
+
+
+class DenoiseRequest(_ImagesIn, _Out):
+    noise: NoiseIn | None = Field(
+        default=None, description="corrupt the images here first; the response then carries the noisy inputs"
+    )
+
+
+class AnomalyScoreRequest(_ImagesIn):
+    heatmap: bool = Field(default=False, description="also return per-pixel maps of the score")
+    format: OutFormat = Field(
+        default="json", description="format of the heatmaps (png: scaled to [0, 1] per map)"
+    )
+
+
+# --- responses ----------------------------------------------------------------------------------
+class Conversion(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    index: int | str = Field(description="which input item (or `start` / `end` for interpolate)")
+    from_: list[int] | str = Field(alias="from", description="[C, H, W] of an array, or 'PNG 28x28 RGB'")
+    to: list[int] = Field(description="[C, H, W] the model takes")
+
+
+class _Answer(BaseModel):
+    model: str
+    version: int
+
+
+class _ImagesOut(_Answer):
+    format: OutFormat
+    shape: list[int] = Field(description="[N, C, H, W] of `images`")
+    images: list[Any] = Field(description="nested arrays, or base64 PNG strings with format=png")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    latest: int
+    versions: list[int]
+    family: str
+    variant: str
+    shape: list[int] = Field(description="[C, H, W] of the images the model takes and makes")
+    latent_dim: int
+    capabilities: list[str]
+
+
+class StoreProblemOut(BaseModel):
+    model: str
+    version: int | None
+    reason: str
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelSummary]
+    problems: list[StoreProblemOut] = Field(description="versions skipped at load, with the reason")
+
+
+class GraphOut(BaseModel):
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+
+
+class AnomalyOut(BaseModel):
+    score: str
+    threshold: float
+    scale: float
+    rule: str
+    params: dict[str, Any]
+
+
+class ModelDetailResponse(ModelSummary):
+    version: int
+    created_at: datetime
+    code_version: str
+    dataset: str
+    value_range: list[float]
+    preprocessing: str
+    prior: str = Field(description="normal, gaussian or gmm")
+    graphs: dict[str, GraphOut]
+    anomaly: AnomalyOut | None
+    metrics: dict[str, Any]
+
+
+class EncodeResponse(_Answer):
+    mean: list[list[float]] = Field(description="(N, latent_dim) latent means")
+    logvar: list[list[float]] | None = Field(description="(N, latent_dim) log-variances (VAEs only)")
+    converted: list[Conversion]
+
+
+class DecodeResponse(_ImagesOut):
+    pass
+
+
+class SampleResponse(_ImagesOut):
+    seed: int = Field(description="the seed used; send it back to get the same images")
+    latents: list[list[float]]
+
+
+class InterpolateResponse(_ImagesOut):
+    method: str
+    t: list[float] = Field(description="position of each step on the path, 0 to 1")
+    latents: list[list[float]]
+    converted: list[Conversion]
+
+
+class ReconstructResponse(_ImagesOut):
+    mse: list[float] = Field(description="mean squared error per image")
+    converted: list[Conversion]
+
+
+class DenoiseResponse(_ImagesOut):
+    noisy: list[Any] | None = Field(description="the corrupted inputs, when `noise` was given")
+    converted: list[Conversion]
+
+
+class AnomalyScoreResponse(_Answer):
+    score: str = Field(description="score kind: reconstruction, vae_elbo or fanogan")
+    raw: list[float]
+    normalised: list[float] = Field(description="logistic map of raw; the threshold maps to 0.5")
+    threshold: float
+    is_anomaly: list[bool]
+    heatmaps: list[Any] | None = Field(description="(N, C, H, W) per-pixel maps when heatmap=true")
+    converted: list[Conversion]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (media type application/problem+json)."""
+
+    type: str = Field(description="urn:latentserve:problem:<slug>, e.g. model-not-found")
+    title: str
+    status: int
+    detail: str
+    instance: str = Field(description="the request path")

@@ -1,0 +1,63 @@
+"""Service settings from the environment (prefix ``LATENTSERVE_``), read once through `get_settings()`.
+
+Tests build a `Settings(...)` and pass it to `create_app`, so nothing here is global beyond the cache.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Later issues (batching, auth, hot reload) read the fields defined here."""
+
+    model_config = SettingsConfigDict(env_prefix="LATENTSERVE_", extra="ignore")
+
+    store: Path = Field(default=Path("models_store"), description="root of the models store")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    backend: Literal["onnx", "torchscript"] = Field(
+        default="onnx", description="torchscript imports torch lazily, and only then"
+    )
+    # One thread per session: our models are small and concurrency comes from the thread pool;
+    # raise it for big conv models served one request at a time.
+    intra_op_threads: int = Field(
+        default=1, ge=0, description="onnxruntime intra-op threads (0 = its default)"
+    )
+    batching: bool = False
+    max_batch_size: int = Field(default=64, ge=1)
+    max_queue_delay_us: int = Field(default=500, ge=0)
+    queue_size: int = Field(default=1024, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_items: int = Field(default=256, ge=1, description="images or latents per request")
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="declared W*H above this is refused")
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated; empty = no authentication on /v1"
+    )
+    admin_key: str | None = None
+    reload_interval_s: float = Field(default=0.0, ge=0, description="store rescan period; 0 = off")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

@@ -1,0 +1,245 @@
+"""Tiny models stores for tests, built with onnx.helper and numpy weights (no torch).
+
+Graphs are linear maps with a sigmoid on the decoder, so they run in microseconds and their outputs are easy
+to recompute in numpy. `build_store(root)` writes the standard fixture set; `build_model` writes one version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from service.store.layout import sha256_file, version_dir
+from service.store.manifest import (
+    ALL_CAPABILITIES,
+    AnomalySpec,
+    DataSpec,
+    GaussianPrior,
+    GMMPrior,
+    GraphSpec,
+    LatentSpec,
+    Manifest,
+    NormalPrior,
+    TensorSpec,
+)
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class Weights:
+    enc_w: np.ndarray  # (P, D)
+    enc_b: np.ndarray  # (D,)
+    logvar_w: np.ndarray  # (P, D)
+    dec_w: np.ndarray  # (D, P)
+    dec_b: np.ndarray  # (P,)
+    critic_w: np.ndarray  # (P, F)
+
+
+def make_weights(shape: tuple[int, int, int], dim: int, seed: int, features: int = 6) -> Weights:
+    rng = np.random.default_rng(seed)
+    p = int(np.prod(shape))
+    f32 = np.float32
+    enc_w = (rng.standard_normal((p, dim)) / np.sqrt(p)).astype(f32)
+    return Weights(
+        enc_w=enc_w,
+        enc_b=(0.1 * rng.standard_normal(dim)).astype(f32),
+        logvar_w=(0.1 * rng.standard_normal((p, dim)) / np.sqrt(p)).astype(f32),
+        dec_w=(rng.standard_normal((dim, p)) / np.sqrt(dim)).astype(f32),
+        dec_b=(0.1 * rng.standard_normal(p)).astype(f32),
+        critic_w=(rng.standard_normal((p, features)) / np.sqrt(p)).astype(f32),
+    )
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _image_input(name: str, shape: tuple[int, int, int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *shape])
+
+
+def encoder_graph(w: Weights, shape: tuple[int, int, int], vae: bool) -> tuple[onnx.GraphProto, list[str]]:
+    outs = ["z_mean", "z_logvar"] if vae else ["z"]
+    dim = w.enc_w.shape[1]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "W", "b"], [outs[0]]),
+    ]
+    inits = [numpy_helper.from_array(w.enc_w, "W"), numpy_helper.from_array(w.enc_b, "b")]
+    if vae:
+        nodes.append(helper.make_node("MatMul", ["flat", "Wv"], ["lv"]))
+        nodes.append(helper.make_node("Tanh", ["lv"], [outs[1]]))  # log-variance in (-1, 1)
+        inits.append(numpy_helper.from_array(w.logvar_w, "Wv"))
+    g = helper.make_graph(
+        nodes,
+        "encoder",
+        [_image_input("x", shape)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", dim]) for o in outs],
+        inits,
+    )
+    return g, outs
+
+
+def decoder_graph(w: Weights, shape: tuple[int, int, int]) -> onnx.GraphProto:
+    dim = w.dec_w.shape[0]
+    nodes = [
+        helper.make_node("Gemm", ["z", "W", "b"], ["pre"]),
+        helper.make_node("Sigmoid", ["pre"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "shape"], ["x_hat"]),
+    ]
+    inits = [
+        numpy_helper.from_array(w.dec_w, "W"),
+        numpy_helper.from_array(w.dec_b, "b"),
+        numpy_helper.from_array(np.array([-1, *shape], dtype=np.int64), "shape"),
+    ]
+    return helper.make_graph(
+        nodes,
+        "decoder",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("x_hat", TensorProto.FLOAT, ["batch", *shape])],
+        inits,
+    )
+
+
+def critic_graph(w: Weights, shape: tuple[int, int, int]) -> onnx.GraphProto:
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["features"]),
+    ]
+    return helper.make_graph(
+        nodes,
+        "critic",
+        [_image_input("x", shape)],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", w.critic_w.shape[1]])],
+        [numpy_helper.from_array(w.critic_w, "W")],
+    )
+
+
+def _prior(kind: str, dim: int, seed: int) -> NormalPrior | GaussianPrior | GMMPrior:
+    rng = np.random.default_rng(seed + 1)
+    if kind == "gaussian":
+        a = rng.standard_normal((dim, dim)) * 0.5
+        return GaussianPrior(
+            mean=rng.standard_normal(dim).tolist(), cov=(a @ a.T + 0.1 * np.eye(dim)).tolist()
+        )
+    if kind == "gmm":
+        return GMMPrior(
+            weights=[0.3, 0.7],
+            means=[[-2.0] * dim, [2.0] * dim],
+            covs=[(0.1 * np.eye(dim)).tolist(), (0.2 * np.eye(dim)).tolist()],
+        )
+    return NormalPrior()
+
+
+def build_model(
+    root: Path,
+    name: str,
+    version: int = 1,
+    *,
+    kind: str = "ae",
+    prior: str = "gaussian",
+    shape: tuple[int, int, int] = (1, 8, 8),
+    dim: int = 4,
+    seed: int = 0,
+    capabilities: list[str] | None = None,
+    threshold: float = 0.05,
+    scale: float = 0.01,
+) -> Path:
+    """Write one version. kind: ae | vae | gan (decoder, encoder, critic) | generator (decoder only)."""
+    vdir = version_dir(root, name, version)
+    vdir.mkdir(parents=True)
+    w = make_weights(shape, dim, seed)
+    graphs: dict[str, GraphSpec] = {}
+
+    def add(
+        gname: str,
+        graph: onnx.GraphProto,
+        ins: list[tuple[str, list[int]]],
+        outs: list[tuple[str, list[int]]],
+    ):
+        _save(graph, vdir / f"{gname}.onnx")
+        graphs[gname] = GraphSpec(
+            file=f"{gname}.onnx",
+            inputs=[TensorSpec(name=n, shape=s) for n, s in ins],
+            outputs=[TensorSpec(name=n, shape=s) for n, s in outs],
+        )
+
+    add("decoder", decoder_graph(w, shape), [("z", [-1, dim])], [("x_hat", [-1, *shape])])
+    if kind in ("ae", "vae", "gan"):
+        g, outs = encoder_graph(w, shape, vae=kind == "vae")
+        add("encoder", g, [("x", [-1, *shape])], [(o, [-1, dim]) for o in outs])
+    if kind == "gan":
+        add(
+            "critic", critic_graph(w, shape), [("x", [-1, *shape])], [("features", [-1, w.critic_w.shape[1]])]
+        )
+    family = {"ae": "ae", "vae": "vae", "gan": "gan", "generator": "gan"}[kind]
+    score = {"ae": "reconstruction", "vae": "vae_elbo", "gan": "fanogan"}.get(kind)
+    params: dict[str, float | str] = (
+        {"likelihood": "bernoulli"} if kind == "vae" else ({"kappa": 0.5} if kind == "gan" else {})
+    )
+    if capabilities is None:
+        capabilities = list(ALL_CAPABILITIES) if kind != "generator" else ["decode", "sample", "interpolate"]
+    anomaly = None
+    if score is not None and "anomaly-score" in capabilities:
+        anomaly = AnomalySpec(score=score, params=params, threshold=threshold, rule="fixture", scale=scale)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        family=family,
+        variant="plain",
+        created_at=datetime.now(UTC),
+        code_version="test",
+        data=DataSpec(dataset="synthetic", shape=shape, preprocessing="none"),
+        latent=LatentSpec(dim=dim, prior=_prior("normal" if kind != "ae" else prior, dim, seed)),
+        graphs=graphs,
+        files={g.file: sha256_file(vdir / g.file) for g in graphs.values()},
+        capabilities=capabilities,
+        anomaly=anomaly,
+        metrics={"val_loss": 0.1},
+        training={"seed": seed},
+    )
+    (vdir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return vdir
+
+
+def corrupt_manifest(vdir: Path, **changes: Any) -> None:
+    """Rewrite raw manifest JSON fields (bypassing validation) to make a broken version."""
+    path = vdir / "manifest.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def build_store(root: Path) -> Path:
+    """The standard fixture store.
+
+    tiny-ae      v1 gaussian prior, v2 gmm prior (latest), v3 broken manifest (skipped)
+    tiny-vae     VAE (z_mean, z_logvar), vae_elbo score
+    tiny-gan     GAN with encoder and critic, fanogan score
+    tiny-gen     decoder only: decode, sample, interpolate
+    tiny-rgb     3x6x6 AE, for channel conversions
+    broken-sha   one version whose decoder does not match its sha256 (skipped)
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    build_model(root, "tiny-ae", 1, prior="gaussian", seed=1)
+    build_model(root, "tiny-ae", 2, prior="gmm", seed=2)
+    corrupt_manifest(build_model(root, "tiny-ae", 3, seed=3), family="not-a-family")
+    build_model(root, "tiny-vae", 1, kind="vae", seed=4, threshold=40.0, scale=2.0)
+    build_model(root, "tiny-gan", 1, kind="gan", seed=5)
+    build_model(root, "tiny-gen", 1, kind="generator", seed=6)
+    build_model(root, "tiny-rgb", 1, shape=(3, 6, 6), seed=7)
+    bad = build_model(root, "broken-sha", 1, seed=8)
+    (bad / "decoder.onnx").write_bytes((bad / "decoder.onnx").read_bytes() + b"\0")
+    return root
