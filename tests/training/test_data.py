@@ -280,6 +280,16 @@ def test_flat_folder_rgb_and_resize(tmp_path: Path) -> None:
     assert abs(float(g.x[0, 0, 0, 0]) - 0.299) < 0.01  # ITU-R 601 luma of pure red
 
 
+def test_16bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    a = np.array([[0, 1000, 32768, 65535]], np.uint16)
+    Image.fromarray(a).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I;16")
+    d = load(tmp_path)
+    np.testing.assert_allclose(d.x[0, 0], a / 65535.0, atol=1e-6)
+    assert load(tmp_path, channels=3, size=(2, 8)).shape == (3, 2, 8)
+
+
 @pytest.mark.parametrize("kind", ["text_as_png", "truncated_png"])
 def test_undecodable_image_is_named(tmp_path: Path, kind: str) -> None:
     png(tmp_path / "c0" / "ok.png", np.zeros((4, 4), np.uint8))

@@ -65,18 +65,30 @@ def read_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarra
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as f:
-                im: Image.Image = ImageOps.exif_transpose(f).convert(mode)  # camera rotation before sizing
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
+                im: Image.Image = ImageOps.exif_transpose(f)  # camera rotation before sizing
+                a = _pixels(im, mode, size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: refused as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not an image file Pillow can read") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data surfaces as these
         raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
-    return a.astype(np.float32) / 255.0
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
+
+
+def _pixels(im: Image.Image, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """(H, W) or (H, W, 3) float32 in [0, 1]. 16-bit grayscale goes through float ("F") mode, because
+    Pillow's I;16 -> L conversion clips at 255 instead of scaling, which would turn most pixels white."""
+    if im.mode.startswith("I;16"):
+        g = Image.fromarray(np.asarray(im, dtype=np.float32) / 65535.0)  # mode F
+        if size is not None and g.size != (size[1], size[0]):
+            g = g.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        a = np.clip(np.asarray(g, dtype=np.float32), 0.0, 1.0)
+        return a if mode == "L" else np.repeat(a[..., None], 3, axis=2)
+    im = im.convert(mode)
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).astype(np.float32) / 255.0
 
 
 def load_folder(
