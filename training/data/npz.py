@@ -68,25 +68,25 @@ def _labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def load_npz(path: str | Path, layout: Layout = "auto") -> ImageSet:
-    """Load `x` (and `y` if present; else labels -1) from an .npz file as an ImageSet."""
-    path = Path(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        # ValueError: garbage that is neither .npz nor .npy is refused as a would-be pickle
-        raise DataError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from exc
+def _read_arrays(z: object, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: not an .npz archive (a plain .npy array?); "
                         "save with np.savez(path, x=..., y=...)")
     with z:
         if "x" not in z.files:
             raise DataError(f"{path}: no 'x' array; keys are {sorted(z.files)}")
-        try:
-            x_raw = z["x"]
-            y_raw = z["y"] if "y" in z.files else None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # corrupt member, object array
-            raise DataError(f"{path}: cannot read its arrays ({type(exc).__name__}: {exc})") from exc
+        return z["x"], (z["y"] if "y" in z.files else None)
+
+
+def load_npz(path: str | Path, layout: Layout = "auto") -> ImageSet:
+    """Load `x` (and `y` if present; else labels -1) from an .npz file as an ImageSet."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:  # our handle, so a half-opened archive never leaks it
+            x_raw, y_raw = _read_arrays(np.load(fh, allow_pickle=False), path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # ValueError: garbage that is neither .npz nor .npy is refused as a would-be pickle; object arrays too
+        raise DataError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from exc
     x = _scale(_to_nchw(x_raw, path, layout), path)
     if 0 in x.shape[1:]:
         raise DataError(f"{path}: wrong shape {x_raw.shape} for 'x': empty image dimension")
