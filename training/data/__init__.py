@@ -14,13 +14,10 @@ Errors: every loader raises DataError (a ValueError) whose message names the fil
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
