@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
+from service import shutdown
 from service.app import create_app
 from service.settings import get_settings
 
@@ -15,14 +14,9 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    # Graceful shutdown (service.shutdown): readiness drops at SIGTERM, in-flight requests finish,
+    # and the process exits within settings.shutdown_grace_s.
+    shutdown.serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import limits, security, shutdown
 from service.api import health, models, ops, playground
 from service.errors import PayloadTooLarge, install_handlers, problem_response
 from service.metrics import Metrics, MetricsMiddleware
@@ -131,7 +132,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = app.state.runtime = None
     app.state.ready = False
     install_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Hardening (issue 8), innermost first: body size + deadline, drain on shutdown, then the access guard
+    # outside them, so an unauthenticated client is answered before a single body byte is read.
+    limits.install(app, settings)
+    shutdown.install(app, settings)
+    security.install(app, settings)
     app.state.metrics = Metrics()  # one registry per app, so tests can build many
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in ROUTERS:

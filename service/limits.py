@@ -25,6 +25,17 @@ from typing import Any
 
 import orjson
 
+from service.errors import (
+    PROBLEM_JSON,
+    TYPE_PREFIX,
+    MalformedRequest,
+    ModelNotFound,
+    Overloaded,
+    PayloadTooLarge,
+    Timeout,
+    Unauthorized,
+)
+
 log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -33,16 +44,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: Problem `type` slugs used by the limits and the access guard, matching `service.errors` where it has one.
-PROBLEM_TYPES = {
-    400: "bad-request",
-    401: "unauthorized",
-    404: "not-found",
-    408: "request-timeout",
-    413: "payload-too-large",
-    503: "overloaded",
-    504: "timeout",
+#: Problem `type` and `title` per status, from the domain error tree, so these errors look like the app's own.
+PROBLEMS: dict[int, tuple[str, str]] = {
+    e.status: (e.slug, e.title)
+    for e in (MalformedRequest, Unauthorized, ModelNotFound, PayloadTooLarge, Overloaded, Timeout)
 }
+PROBLEMS[408] = ("request-timeout", "Request timeout")
 
 
 def route_path(scope: Scope) -> str:
@@ -59,31 +66,33 @@ def is_v2(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def error_payload(scope: Scope, status: int, title: str, detail: str) -> tuple[bytes, bytes]:
-    """(body, content-type) for an error raised outside the app's own handlers, in the path's API style."""
+def error_payload(
+    scope: Scope, status: int, detail: str, kind: tuple[str, str] | None = None, **extra: Any
+) -> tuple[bytes, bytes]:
+    """(body, content-type) for an error raised outside the app's own handlers, in the path's API style.
+    `kind` = (type URI, title) overrides the defaults for the status."""
     path = route_path(scope)
     if is_v2(path):
         return orjson.dumps({"error": detail}), b"application/json"
-    problem = {
-        "type": PROBLEM_TYPES.get(status, "about:blank"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": path,
-    }
-    return orjson.dumps(problem), b"application/problem+json"
+    if kind is None:
+        slug, title = PROBLEMS.get(status, ("internal-error", "Error"))
+        kind = (TYPE_PREFIX + slug, title)
+    problem = {"type": kind[0], "title": kind[1], "status": status, "detail": detail, "instance": path}
+    problem.update(extra)
+    return orjson.dumps(problem), PROBLEM_JSON.encode()
 
 
 async def send_error(
     scope: Scope,
     send: Send,
     status: int,
-    title: str,
     detail: str,
     headers: list[tuple[bytes, bytes]] | None = None,
+    kind: tuple[str, str] | None = None,
+    **extra: Any,
 ) -> None:
     """Answer the request with an error (the server closes the connection if a body was left unread)."""
-    body, ctype = error_payload(scope, status, title, detail)
+    body, ctype = error_payload(scope, status, detail, kind, **extra)
     raw = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
     raw += headers or []
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -134,7 +143,7 @@ class LimitsMiddleware:
 
         declared = _content_length(scope)
         if declared == -1:
-            await send_error(scope, send, 400, "Bad Request", "Content-Length is not a valid integer")
+            await send_error(scope, send, 400, "Content-Length is not a valid integer")
             return
         if self.max_body_bytes and declared is not None and declared > self.max_body_bytes:
             await self._too_large(scope, send, declared)
@@ -144,8 +153,7 @@ class LimitsMiddleware:
             body = await self._read_body(receive, deadline)
         except _BodyTimeout:
             await send_error(
-                scope, send, 408, "Request Timeout",
-                f"the request body did not arrive within {self.timeout_s:g} s",
+                scope, send, 408, f"the request body did not arrive within {self.timeout_s:g} s",
                 [(b"connection", b"close")],
             )
             return
@@ -174,9 +182,8 @@ class LimitsMiddleware:
         log.warning("refused %s: body of %d+ bytes over the %d byte limit", route_path(scope), size,
                     self.max_body_bytes)
         await send_error(
-            scope, send, 413, "Payload Too Large",
-            f"request body is larger than the limit of {self.max_body_bytes} bytes",
-            [(b"connection", b"close")],
+            scope, send, 413, f"request body is larger than the limit of {self.max_body_bytes} bytes",
+            [(b"connection", b"close")], limit=self.max_body_bytes,
         )
 
     async def _read_body(self, receive: Receive, deadline: float | None) -> bytes | int | None:
@@ -230,10 +237,7 @@ class LimitsMiddleware:
             task.cancel()
             task.add_done_callback(_log_orphan)
             log.warning("request to %s timed out after %g s", route_path(scope), self.timeout_s)
-            await send_error(
-                scope, send, 504, "Gateway Timeout",
-                f"the request did not complete within {self.timeout_s:g} s",
-            )
+            await send_error(scope, send, 504, f"the request did not complete within {self.timeout_s:g} s")
             return
         await task  # finished, or streaming: let it complete and surface its errors
 

@@ -155,7 +155,7 @@ class AccessGuard:
         zone = classify(path)
         if zone == "admin":
             if not self.admin:
-                await send_error(scope, send, 404, "Not Found", "not found")
+                await send_error(scope, send, 404, "Not Found", kind=("about:blank", "Not found"))
                 return
             if not self.admin.accepts(bearer_token(scope)):
                 await self._unauthorized(scope, send, "admin")
@@ -167,7 +167,7 @@ class AccessGuard:
         bad = invalid_name_in(path)
         if bad is not None:
             log.warning("refused a request with an invalid model name %r", bad[:100])
-            await send_error(scope, send, 404, "Model Not Found", "invalid model name")
+            await send_error(scope, send, 404, "invalid model name")
             return
         await self.app(scope, receive, send)
 
@@ -182,7 +182,7 @@ class AccessGuard:
                     "wrong" if token else "missing", which)
         detail = f"a valid {which} key is required (Authorization: Bearer <key>)"
         headers = [(b"www-authenticate", challenge.encode())]
-        await send_error(scope, send, 401, "Unauthorized", detail, headers)
+        await send_error(scope, send, 401, detail, headers)
 
 
 # ---- OpenAPI: say what the guard does, so /docs and schema-driven clients (and fuzzers) agree with it ----

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     )
     admin_key: str | None = None
     reload_interval_s: float = Field(default=0.0, ge=0, description="store rescan period; 0 = off")
+    # Graceful shutdown (service.shutdown): readiness drops at SIGTERM, new requests are still served for
+    # the drain window (load balancers need a moment to notice), then in-flight ones finish; the process is
+    # gone within the grace period. 8 s fits inside `docker stop`'s default 10 s before SIGKILL.
+    shutdown_grace_s: float = Field(default=8.0, gt=0, description="SIGTERM to exit, at most")
+    shutdown_drain_s: float = Field(default=1.0, ge=0, description="keep serving after SIGTERM for this long")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("api_keys", mode="before")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from service.shutdown import is_draining
+
 router = APIRouter(prefix="/health", tags=["health"])
 
 
@@ -19,6 +21,6 @@ async def ready(request: Request) -> JSONResponse:
     """Ready to serve: the models store is open. 503 until then."""
     state = request.app.state
     store = getattr(state, "store", None)
-    ok = store is not None and getattr(state, "ready", False)
+    ok = store is not None and getattr(state, "ready", False) and not is_draining(request.app)
     body = {"ready": ok, "models": len(store.names()) if store is not None else 0}
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -65,7 +65,7 @@ async def test_declared_length_over_limit_is_413_problem() -> None:
     assert r.status_code == 413
     assert r.headers["content-type"] == "application/problem+json"
     body = r.json()
-    assert body["status"] == 413 and body["type"] == "payload-too-large" and "1000" in body["detail"]
+    assert body["status"] == 413 and body["type"].endswith(":payload-too-large") and "1000" in body["detail"]
 
 
 async def test_chunked_body_over_limit_is_413_without_content_length() -> None:
@@ -112,7 +112,7 @@ async def test_slow_handler_is_504() -> None:
     async with client(toy_app(timeout_s=0.3)) as c:
         t0 = time.monotonic()
         r = await c.get("/v1/slow")
-    assert r.status_code == 504 and r.json()["type"] == "timeout"
+    assert r.status_code == 504 and r.json()["type"].endswith(":timeout")
     assert time.monotonic() - t0 < 2
 
 

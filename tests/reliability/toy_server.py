@@ -1,0 +1,39 @@
+"""A toy app served by service.shutdown.serve, for the graceful-shutdown test (run as a subprocess).
+
+Usage: python tests/reliability/toy_server.py PORT GRACE_S DRAIN_S HANDLER_S
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from types import SimpleNamespace
+
+from fastapi import FastAPI, Request, Response
+
+from service import shutdown
+
+
+def main() -> None:
+    port, grace, drain, handler_s = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    app = FastAPI()
+
+    @app.get("/health/ready")
+    async def ready(request: Request, response: Response) -> dict[str, bool]:
+        ok = not shutdown.is_draining(request.app)
+        response.status_code = 200 if ok else 503
+        return {"ready": ok}
+
+    @app.get("/work")
+    async def work() -> dict[str, bool]:
+        await asyncio.sleep(handler_s)
+        return {"done": True}
+
+    shutdown.install(app, None)
+    settings = SimpleNamespace(host="127.0.0.1", port=port, log_level="warning",
+                               shutdown_grace_s=grace, shutdown_drain_s=drain)
+    shutdown.serve(app, settings)
+
+
+if __name__ == "__main__":
+    main()
