@@ -9,6 +9,7 @@ with the store's own rule: write into a `.staging-*` folder beside the target, f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -219,3 +221,24 @@ def start_replica(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Pop
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def nginx_render() -> ModuleType:
+    """deploy/nginx/render.py (a script, not a package module), loaded by path."""
+    name = "latentserve_deploy_nginx_render"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "deploy" / "nginx" / "render.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def app_get_paths(store: Path) -> set[str]:
+    """GET paths of `service.app.create_app()`, from its OpenAPI document (the app is built, not started)."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    schema = create_app(Settings(store=store)).openapi()
+    return {path for path, ops in schema["paths"].items() if "get" in ops}

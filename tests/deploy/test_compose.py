@@ -1,0 +1,342 @@
+"""The Docker topology, checked without a Docker engine: docker-compose.yml and the Dockerfile parse, say what
+the issue asks, and every command, module, route, setting and file they name exists in this repository."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from deploykit import PYTHON, REPO, app_get_paths, free_port, nginx_render
+
+from service.settings import Settings
+
+yaml = pytest.importorskip("yaml", reason="pyyaml (dev extra) parses the compose file")
+NGINX_DIR = REPO / "deploy" / "nginx"
+
+
+# --- a small Dockerfile reader ---------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments)
+
+    def all(self, kind: str) -> list[str]:
+        return [args for ins, args in self.instructions if ins == kind]
+
+    def last(self, kind: str) -> str | None:
+        found = self.all(kind)
+        return found[-1] if found else None
+
+
+def _logical_lines(text: str) -> list[str]:
+    lines, buf = [], ""
+    for raw in text.splitlines():
+        s = raw.strip()
+        if not buf and (not s or s.startswith("#")):
+            continue
+        if buf and s.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if s.endswith("\\"):
+            buf += s[:-1] + " "
+            continue
+        lines.append(buf + s)
+        buf = ""
+    return lines
+
+
+def parse_dockerfile(path: Path) -> tuple[dict[str, str], dict[str, Stage]]:
+    """Global ARG defaults and the stages by name, with their instructions in order."""
+    args: dict[str, str] = {}
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for line in _logical_lines(path.read_text()):
+        ins, _, rest = line.partition(" ")
+        ins = ins.upper()
+        if ins == "FROM":
+            m = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", rest.strip(), re.IGNORECASE)
+            assert m, f"every stage is named: FROM {rest}"
+            base = re.sub(r"\$\{(\w+)\}", lambda g: args.get(g.group(1), g.group(0)), m.group(1))
+            current = stages[m.group(2)] = Stage(m.group(2), base)
+        elif current is None:
+            if ins == "ARG":
+                name, _, default = rest.partition("=")
+                args[name.strip()] = default.strip()
+        else:
+            current.instructions.append((ins, rest.strip()))
+    return args, stages
+
+
+def chain(stages: dict[str, Stage], name: str) -> list[Stage]:
+    """The stage and the stages it is built FROM, nearest first."""
+    out = [stages[name]]
+    while out[-1].base in stages:
+        out.append(stages[out[-1].base])
+    return out
+
+
+def exec_form(args: str) -> list[str]:
+    """A CMD/ENTRYPOINT/HEALTHCHECK argument list: the JSON exec form, so signals reach python."""
+    value = json.loads(args)
+    assert isinstance(value, list), f"use the exec form (JSON list), not the shell form: {args}"
+    return value
+
+
+# --- .dockerignore ------------------------------------------------------------------------------------
+
+
+def _ignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [s.strip().rstrip("/") for s in lines if s.strip() and not s.strip().startswith("#")]
+
+
+def _pattern_matches(pattern: str, path: str) -> bool:
+    rx = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+    rx = rx.replace(r"\?", "[^/]")
+    return re.fullmatch(rx, path) is not None
+
+
+def dockerignored(path: str) -> bool:
+    """Docker's rule: the last matching pattern wins; a match on a parent folder excludes the path."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in _ignore_patterns():
+        negate = pattern.startswith("!")
+        pat = pattern[1:] if negate else pattern
+        if any(_pattern_matches(pat, p) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+# --- fixtures ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
+    return parse_dockerfile(REPO / "Dockerfile")
+
+
+@pytest.fixture(scope="module")
+def get_routes(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The GET paths of the real app, from its OpenAPI document (created, not started: nothing loads)."""
+    return app_get_paths(tmp_path_factory.mktemp("store"))
+
+
+SETTINGS_ENV = {f"LATENTSERVE_{name.upper()}" for name in Settings.model_fields}
+
+
+def _env(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _health_path(cmd: list[str]) -> str:
+    m = re.search(r"https?://[^/'\"]+(/[\w/.-]+)", " ".join(cmd))
+    assert m, f"the healthcheck names no URL: {cmd}"
+    return m.group(1)
+
+
+# --- compose ---------------------------------------------------------------------------------------------
+
+
+def test_compose_services_and_profiles(compose: dict) -> None:
+    services = compose["services"]
+    assert set(services) == {"api", "lb", "trainer"}
+    # `docker compose up` runs api and lb
+    assert "profiles" not in services["api"] and "profiles" not in services["lb"]
+    assert services["trainer"]["profiles"] == ["train"]  # only with --profile train
+
+
+def test_api_replicas_healthcheck_and_readonly_store(compose: dict, get_routes: set[str]) -> None:
+    api = compose["services"]["api"]
+    assert int(api["deploy"]["replicas"]) >= 2
+    assert "ports" not in api, "replicas publish no host port (they would collide); lb is the front door"
+    hc = api["healthcheck"]
+    assert hc["test"][0] == "CMD"
+    assert _health_path(hc["test"]) == "/health/ready" and "/health/ready" in get_routes
+    [mount] = api["volumes"]
+    assert mount["type"] == "volume" and mount["source"] == "models" and mount["read_only"] is True
+    env = _env(api)
+    assert env["LATENTSERVE_STORE"] == mount["target"]
+    assert float(env["LATENTSERVE_RELOAD_INTERVAL_S"]) > 0, "hot reload by polling is on in compose"
+    assert env["LATENTSERVE_HOST"] == "0.0.0.0"
+    assert f":{env['LATENTSERVE_PORT']}/" in " ".join(hc["test"])
+
+
+def test_every_service_env_is_a_real_setting(compose: dict, dockerfile: tuple) -> None:
+    _, stages = dockerfile
+    names = set(_env(compose["services"]["api"]))
+    for stage in stages.values():
+        for env in stage.all("ENV"):
+            names |= set(re.findall(r"\b(LATENTSERVE_\w+)=", env))
+    unknown = {n for n in names if n.startswith("LATENTSERVE_")} - SETTINGS_ENV
+    assert not unknown, f"not fields of service.settings.Settings: {sorted(unknown)}"
+
+
+def test_lb_is_nginx_with_the_repo_config(compose: dict) -> None:
+    placeholders = nginx_render().placeholders
+    lb = compose["services"]["lb"]
+    assert lb["image"].startswith("nginx:")
+    assert "8000:8000" in [str(p) for p in lb["ports"]]
+    src, target, mode = lb["volumes"][0].split(":")
+    assert (REPO / src).resolve() == NGINX_DIR / "nginx.conf.template" and mode == "ro"
+    assert target.startswith("/etc/nginx/templates/") and target.endswith(".template")
+    env = _env(lb)
+    # the image renders the template as the main nginx.conf, not as a conf.d snippet
+    assert env["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
+    template = (NGINX_DIR / "nginx.conf.template").read_text()
+    assert placeholders(template) <= set(env), "every ${VAR} of the template is set for the nginx image"
+    api_port = _env(compose["services"]["api"])["LATENTSERVE_PORT"]
+    assert env["API_ADDR"] == f"api:{api_port}"
+    assert env["LB_PORT"] == "8000"
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    assert _health_path(lb["healthcheck"]["test"]) == "/lb/health"
+    assert "location = /lb/health" in template
+
+
+def test_nginx_passive_health_checks_and_idempotent_retries() -> None:
+    conf = (NGINX_DIR / "nginx.conf.template").read_text()
+    body = "\n".join(line.split("#")[0] for line in conf.splitlines())
+    server = re.search(r"^\s*server\s+\$\{API_ADDR\}([^;]*);", body, re.M)
+    assert server and "max_fails=" in server.group(1) and "fail_timeout=" in server.group(1)
+    nu = re.search(r"proxy_next_upstream\s+([^;]+);", body)
+    assert nu and {"error", "timeout", "http_502", "http_503"} <= set(nu.group(1).split())
+    assert "non_idempotent" not in nu.group(1), "a POST that reached a replica must not be replayed"
+
+
+def test_trainer_runs_the_zoo_into_the_shared_volume(compose: dict, dockerfile: tuple) -> None:
+    trainer = compose["services"]["trainer"]
+    _, stages = dockerfile
+    assert trainer["build"]["target"] == "train" and "train" in stages
+    entrypoint = exec_form(stages["train"].last("ENTRYPOINT"))
+    argv = entrypoint + list(trainer["command"])
+    assert argv[:3] == ["python", "-m", "training"] and argv[3] == "zoo"
+    [mount] = trainer["volumes"]
+    assert mount["source"] == "models" and not mount.get("read_only", False)
+    api_mount = compose["services"]["api"]["volumes"][0]
+    assert mount["target"] == api_mount["target"]
+    store_arg = argv[argv.index("--store") + 1]
+    assert store_arg == mount["target"], "the trainer publishes where the api reads"
+    assert "models" in compose["volumes"]
+
+    # The command line parses with the real `python -m training` parser (subcommand and flags exist).
+    import training.__main__ as cli
+
+    parser = argparse.ArgumentParser(prog="python -m training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cmd in cli.COMMANDS.items():
+        cmd.add_args(sub.add_parser(name))
+    ns = parser.parse_args(argv[3:])
+    assert ns.command == "zoo" and str(ns.store) == mount["target"]
+
+
+# --- Dockerfile ------------------------------------------------------------------------------------------
+
+
+def test_dockerfile_targets_bases_and_users(dockerfile: tuple, compose: dict) -> None:
+    _, stages = dockerfile
+    api_target = compose["services"]["api"]["build"]["target"]
+    assert api_target == "serve"
+    for target in ("serve", "train"):
+        bases = chain(stages, target)
+        assert bases[-1].base == "python:3.11-slim", f"{target} is built on python:3.11-slim"
+        user = next((s.last("USER") for s in bases if s.last("USER")), None)
+        assert user is not None and user.split(":")[0] not in {"root", "0"}, f"{target} runs as non-root"
+        created = " ".join(r for s in bases for r in s.all("RUN"))
+        assert "useradd" in created and user.split(":")[0] in created
+
+
+def test_serve_image_has_no_torch_and_train_image_pins_it(dockerfile: tuple) -> None:
+    _, stages = dockerfile
+    serve_stages = [s for s in stages.values() if s.name.startswith("serve") or s.name == "base"]
+    serve_runs = [r for s in serve_stages for r in s.all("RUN")]
+    assert any(".[serve]" in r for r in serve_runs)
+    assert not any("torch" in r or ".[train]" in r or ".[dev]" in r for r in serve_runs)
+    train_runs = " ".join(r for s in stages.values() if s.name.startswith("train") for r in s.all("RUN"))
+    pin = re.search(r'"torch==([\d.]+)"', (REPO / "pyproject.toml").read_text())
+    assert pin and f"torch=={pin.group(1)}" in train_runs, "the trainer installs the torch pyproject pins"
+    assert ".[train]" in train_runs
+    # the serve image copies the venv from its build stage, never from a train stage
+    copies = [c for c in stages["serve"].all("COPY") if c.startswith("--from=")]
+    assert copies and all(c.split()[0] == "--from=serve-build" for c in copies)
+
+
+def test_serve_command_and_healthcheck(dockerfile: tuple, get_routes: set[str]) -> None:
+    _, stages = dockerfile
+    serve = stages["serve"]
+    assert exec_form(serve.last("CMD")) == ["python", "-m", "service"]
+    assert (REPO / "service" / "__main__.py").is_file()
+    hc = serve.last("HEALTHCHECK")
+    assert hc is not None
+    options, _, cmd = hc.partition("CMD ")
+    assert "--interval=" in options and "--timeout=" in options
+    argv = exec_form(cmd)
+    assert argv[:2] == ["python", "-c"], "slim has no curl: the healthcheck asks python"
+    assert "/health/ready" in argv[2] and "/health/ready" in get_routes
+    env = " ".join(serve.all("ENV"))
+    assert "LATENTSERVE_HOST=0.0.0.0" in env
+    assert (REPO / "training" / "__main__.py").is_file()
+
+
+def test_copied_sources_exist_and_are_not_dockerignored(dockerfile: tuple) -> None:
+    _, stages = dockerfile
+    sources = set()
+    for stage in stages.values():
+        for c in stage.all("COPY"):
+            parts = [p for p in shlex.split(c) if not p.startswith("--")]
+            if not c.startswith("--from="):
+                sources |= set(parts[:-1])
+    assert {"pyproject.toml", "README.md", "service", "training", "models_store"} <= sources
+    for src in sorted(sources):
+        assert (REPO / src).exists(), f"COPY {src}: not in the repository"
+        assert not dockerignored(src), f"COPY {src}: excluded by .dockerignore"
+    for must in ("service/__main__.py", "service/app.py", "training/__main__.py"):
+        assert not dockerignored(must)
+    for junk in (".venv/bin/python", ".git/HEAD", "tests/deploy/test_compose.py", "datasets/mnist.npz",
+                 "models_store/tiny/.staging-abc/manifest.json", "service/__pycache__/app.cpython-311.pyc"):
+        assert dockerignored(junk), f"{junk} would be sent to the Docker daemon"
+
+
+# --- the healthcheck command itself, against a live replica ----------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_image_healthcheck_command_against_a_replica(
+    dockerfile: tuple, tiny_store: Path, start_replica: Callable
+) -> None:
+    """The exact HEALTHCHECK command exits 0 on a ready replica and non-zero where nothing answers."""
+    import os
+
+    _, stages = dockerfile
+    argv = exec_form(stages["serve"].last("HEALTHCHECK").partition("CMD ")[2])
+    _, url = start_replica(tiny_store, "hc")
+    port = url.rsplit(":", 1)[1]
+    ok = subprocess.run([PYTHON, *argv[1:]], env={**os.environ, "LATENTSERVE_PORT": port}, timeout=30)
+    assert ok.returncode == 0
+    dead = subprocess.run([PYTHON, *argv[1:]], env={**os.environ, "LATENTSERVE_PORT": str(free_port())},
+                          capture_output=True, timeout=30)
+    assert dead.returncode != 0
+
+
+def test_dockerignore_matcher_itself() -> None:
+    assert _pattern_matches("**/*.pyc", "a/b/c.pyc") and _pattern_matches("**/*.pyc", "c.pyc")
+    assert not _pattern_matches("data", "service/data")
+    assert _pattern_matches("models_store/*/.staging-*", "models_store/m/.staging-1")
