@@ -10,10 +10,12 @@ Zones (by the routed path, which the server has already percent-decoded once):
     admin      repository load / unload / reload. Off (404, as if the route did not exist) unless
                `settings.admin_key` is set; then that key, and only that key, is accepted.
 
-Keys arrive as `Authorization: Bearer <key>`. They are compared in constant time (`hmac.compare_digest` over
+Keys arrive as `Authorization: Bearer <key>` (or `X-API-Key: <key>`, for clients that cannot set a bearer
+token; the admin key only as a bearer token). They are compared in constant time (`hmac.compare_digest` over
 sha256 digests, so neither the value nor the length of a key leaks, and every configured key is compared).
 A missing or wrong key answers 401 with `WWW-Authenticate: Bearer`, as problem+json on /v1 and as
-`{"error": ...}` on /v2. The admin key also opens the inference zone (an operator may call anything).
+`{"error": ...}` on /v2. The two key sets are separate: an API key never opens an admin route, and the
+admin key is not an API key (give an operator both if they need both).
 
 Model names in paths (`/v1/models/{name}`, `/v2/models/{model[.graph]}`, `/v2/repository/models/{name}`) are
 checked against the store's strict pattern here as well as in the store, so no handler ever sees a name with
@@ -126,14 +128,18 @@ class KeyRing:
         return hit and token is not None
 
 
-def bearer_token(scope: Scope) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None."""
+def bearer_token(scope: Scope, allow_x_api_key: bool = False) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (or of `X-API-Key` when allowed), or None."""
     for k, v in scope.get("headers", []):
         if k == b"authorization":
             scheme, _, token = v.decode("latin-1").strip().partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
             return None
+    if allow_x_api_key:
+        for k, v in scope.get("headers", []):
+            if k == b"x-api-key" and v.strip():
+                return v.decode("latin-1").strip()
     return None
 
 
@@ -143,9 +149,8 @@ class AccessGuard:
 
     def __init__(self, app: ASGIApp, api_keys: Any = None, admin_key: Any = None) -> None:
         self.app = app
-        admin = parse_keys(admin_key)
-        self.admin = KeyRing(admin)
-        self.inference = KeyRing(parse_keys(api_keys) + admin) if parse_keys(api_keys) else KeyRing(())
+        self.admin = KeyRing(parse_keys(admin_key))
+        self.inference = KeyRing(parse_keys(api_keys))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,7 +166,7 @@ class AccessGuard:
                 await self._unauthorized(scope, send, "admin")
                 return
         elif zone == "inference" and self.inference:
-            if not self.inference.accepts(bearer_token(scope)):
+            if not self.inference.accepts(bearer_token(scope, allow_x_api_key=True)):
                 await self._unauthorized(scope, send, "api")
                 return
         bad = invalid_name_in(path)
@@ -173,7 +178,7 @@ class AccessGuard:
 
     @staticmethod
     async def _unauthorized(scope: Scope, send: Send, which: str) -> None:
-        token = bearer_token(scope)
+        token = bearer_token(scope, allow_x_api_key=which == "api")
         challenge = 'Bearer realm="latentserve"'
         if token is not None:
             challenge += ', error="invalid_token"'
@@ -181,6 +186,8 @@ class AccessGuard:
         log.warning("401 for %s from %s: %s %s key", route_path(scope), client[0],
                     "wrong" if token else "missing", which)
         detail = f"a valid {which} key is required (Authorization: Bearer <key>)"
+        if which == "api":
+            detail = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
         headers = [(b"www-authenticate", challenge.encode())]
         await send_error(scope, send, 401, detail, headers)
 

@@ -15,7 +15,8 @@ from service import shutdown
 
 
 def main() -> None:
-    port, grace, drain, handler_s = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    port = int(sys.argv[1])
+    grace, drain, handler_s = (float(a) for a in sys.argv[2:5])
     app = FastAPI()
 
     @app.get("/health/ready")

@@ -1,4 +1,4 @@
-"""AccessGuard on a toy app: zones, constant-time keys, 401 shapes, admin routes off by default, name checks."""
+"""AccessGuard on a toy app: zones, constant-time keys, 401 shapes, admin routes off unless keyed, names."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ async def test_v1_missing_and_wrong_key_are_401_problem() -> None:
         basic = await c.get("/v1/models/vae-digits", headers={"Authorization": "Basic azE6"})
         ok1 = await c.get("/v1/models/vae-digits", headers=bearer("k1"))
         ok2 = await c.get("/v1/models/vae-digits", headers={"authorization": "bearer k2"})
+        ok3 = await c.get("/v1/models/vae-digits", headers={"X-API-Key": "k2"})
     for r in (missing, wrong, basic):
         assert r.status_code == 401
         assert r.headers["content-type"] == "application/problem+json"
@@ -71,7 +72,7 @@ async def test_v1_missing_and_wrong_key_are_401_problem() -> None:
         body = r.json()
         assert body["status"] == 401 and body["type"].endswith(":unauthorized") and body["title"]
     assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
-    assert ok1.status_code == 200 and ok2.status_code == 200
+    assert ok1.status_code == 200 and ok2.status_code == 200 and ok3.status_code == 200
 
 
 async def test_v2_401_is_error_object() -> None:
@@ -103,8 +104,10 @@ async def test_admin_key_guards_admin_routes_and_api_key_does_not_open_them() ->
         api = await c.post("/v2/repository/models/vae-digits/load", headers=bearer("k1"))
         adm = await c.post("/v2/repository/models/vae-digits/load", headers=bearer("adm"))
         adm_infer = await c.post("/v2/models/vae-digits.decoder/infer", headers=bearer("adm"))
-    assert none.status_code == 401 and api.status_code == 401
-    assert adm.status_code == 200 and adm_infer.status_code == 200
+        x_api_admin = await c.post("/v2/repository/models/vae-digits/load", headers={"X-API-Key": "adm"})
+    assert none.status_code == 401 and api.status_code == 401 and x_api_admin.status_code == 401
+    assert adm.status_code == 200
+    assert adm_infer.status_code == 401  # separate key sets: the admin key is not an API key
 
 
 async def test_openapi_declares_schemes_and_401() -> None:
