@@ -1,4 +1,4 @@
-"""LimitsMiddleware on a toy app: body size (declared, chunked), 408 for slow bodies, 504 for slow handlers."""
+"""LimitsMiddleware on a toy app: body size (declared, chunked), 408 slow bodies, 504 slow handlers."""
 
 from __future__ import annotations
 
