@@ -7,8 +7,8 @@ runs, new requests pile up and form the next one, so a delay of 0 still batches 
 when idle. The queue is bounded: a full queue raises `QueueFull` at once (the API answers 503 + Retry-After);
 nothing waits forever.
 
-Only requests with the same input names, dtypes and trailing shapes share a batch, so one malformed request can
-never fail its neighbours' batch. A request bigger than `max_batch_size` runs alone, unsplit.
+Only requests with the same input names, dtypes and trailing shapes share a batch, so one malformed request
+can never fail its neighbours' batch. A request bigger than `max_batch_size` runs alone, unsplit.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -79,7 +79,8 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drainer: asyncio.Task[None] | None = None
-        self._arrival: asyncio.Future[None] | None = None  # set when a request arrives while the drainer waits
+        # set when a request arrives while the drainer waits for the batch to fill
+        self._arrival: asyncio.Future[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -146,7 +147,7 @@ class Batcher:
     def _take(self) -> list[_Pending]:
         """Pop the oldest request and every later one that fits its batch (same key, row budget)."""
         first = self._queue.popleft()
-        batch, rows, keep = [first], first.rows, deque()
+        batch, rows, keep = [first], first.rows, deque[_Pending]()
         while self._queue:
             p = self._queue.popleft()
             if p.signature == first.signature and rows + p.rows <= self.config.max_batch_size:
@@ -203,3 +204,43 @@ class Batcher:
 def batch_config_from(settings: Any) -> BatchConfig:
     """The batcher knobs of a `Settings` object."""
     return BatchConfig(settings.max_batch_size, settings.max_queue_delay_us, settings.queue_size)
+
+
+class _Session(Protocol):
+    output_names: list[str]
+
+    def run(self, feeds: Feeds) -> list[np.ndarray]: ...
+
+
+def session_runner(sess: _Session) -> RunFn:
+    """A runtime graph session as a RunFn (outputs by name)."""
+    names = sess.output_names
+
+    def run(feeds: Feeds) -> Feeds:
+        return dict(zip(names, sess.run(feeds), strict=True))
+
+    return run
+
+
+def run_timed(sess: _Session, feeds: Feeds, stats: InferenceStats, model: str, version: str) -> Feeds:
+    """The unbatched path: one execution per request, recorded like a batch of its rows."""
+    start = time.perf_counter()
+    outs = session_runner(sess)(feeds)
+    stats.execution(model, version, max(_signature(feeds)[0], 1), time.perf_counter() - start)
+    return outs
+
+
+class BatcherPool:
+    """One `Batcher` per graph session, made on first use; a replaced session (reload) gets a fresh one."""
+
+    def __init__(self, config: BatchConfig, stats: InferenceStats | None = None) -> None:
+        self.config, self.stats = config, stats
+        self._by_key: dict[object, tuple[_Session, Batcher]] = {}
+
+    def get(self, key: object, sess: _Session, model: str, version: str) -> Batcher:
+        entry = self._by_key.get(key)
+        if entry is None or entry[0] is not sess:
+            entry = (sess, Batcher(session_runner(sess), self.config, model=model, version=version,
+                                   stats=self.stats))
+            self._by_key[key] = entry
+        return entry[1]

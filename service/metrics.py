@@ -56,11 +56,14 @@ class InferenceStats(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: dict.fromkeys(_COUNTERS, 0.0))
+        self._values: dict[tuple[str, str], dict[str, float]] = defaultdict(
+            lambda: dict.fromkeys(_COUNTERS, 0.0))
         self._failures: dict[tuple[str, str, str], float] = defaultdict(float)
         self._pending: dict[tuple[str, str], int] = defaultdict(int)
 
-    def request(self, model: str, version: str, duration_s: float, reason: FailureReason | None = None) -> None:
+    def request(
+        self, model: str, version: str, duration_s: float, reason: FailureReason | None = None,
+    ) -> None:
         """One request finished: success when `reason` is None."""
         with self._lock:
             v = self._values[(model, version)]

@@ -1,1 +1,4 @@
-"""Open Inference Protocol (KServe V2): tensor codec, schemas and router. Each graph is a model `<model>.<graph>`."""
+"""Open Inference Protocol (KServe V2): tensor codec, schemas and router.
+
+Each graph of a stored model is one V2 model named `<model>.<graph>`.
+"""

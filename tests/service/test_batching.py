@@ -19,7 +19,8 @@ from service.metrics import InferenceStats
 def _mlp_onnx(in_dim: int = 8, out_dim: int = 16, seed: int = 0) -> bytes:
     """y = tanh(x W + b), z = sum(x): two outputs with a dynamic batch dimension."""
     rng = np.random.default_rng(seed)
-    w = helper.make_tensor("W", TensorProto.FLOAT, [in_dim, out_dim], rng.normal(size=(in_dim, out_dim)).ravel())
+    w = helper.make_tensor("W", TensorProto.FLOAT, [in_dim, out_dim],
+                           rng.normal(size=(in_dim, out_dim)).ravel())
     b = helper.make_tensor("B", TensorProto.FLOAT, [out_dim], rng.normal(size=out_dim))
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
     graph = helper.make_graph(

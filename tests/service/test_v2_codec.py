@@ -10,8 +10,15 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
-from service.v2.codec import CodecError, InferRequest, RequestedOutput, compress, decode_request, \
-    decompress, encode_response
+from service.v2.codec import (
+    CodecError,
+    InferRequest,
+    RequestedOutput,
+    compress,
+    decode_request,
+    decompress,
+    encode_response,
+)
 
 Client = httpclient.InferenceServerClient
 
@@ -85,7 +92,8 @@ def test_binary_size_must_match_the_body() -> None:
         decode_request(b"{" + head, len(head))
 
 
-@pytest.mark.parametrize("binary_output, per_output", [(True, None), (False, None), (False, True), (True, False)])
+@pytest.mark.parametrize("binary_output, per_output",
+                         [(True, None), (False, None), (False, True), (True, False)])
 def test_tritonclient_parses_our_responses(binary_output: bool, per_output: bool | None) -> None:
     out = {"x": np.random.default_rng(3).random((2, 1, 8, 8), dtype=np.float32),
            "s": np.arange(2, dtype=np.float64)}
@@ -107,7 +115,8 @@ def test_tritonclient_parses_our_responses(binary_output: bool, per_output: bool
 
 def test_unknown_requested_output() -> None:
     with pytest.raises(CodecError, match="unknown output"):
-        encode_response("m", "1", {"x": np.zeros(1, np.float32)}, InferRequest({}, outputs=[RequestedOutput("y")]))
+        encode_response("m", "1", {"x": np.zeros(1, np.float32)},
+                        InferRequest({}, outputs=[RequestedOutput("y")]))
 
 
 def test_compression_both_ways() -> None:

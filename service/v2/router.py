@@ -1,0 +1,342 @@
+"""Open Inference Protocol (KServe V2) endpoints, spoken well enough that `tritonclient.http` works unchanged.
+
+Two routers: `router` (health, metadata, infer, repository index) and `admin_router` (load / unload), kept
+apart so access control can guard the second alone. Errors are `{"error": "..."}` with Triton's statuses:
+400 bad request, 404 unknown model or version, 503 not ready / unloaded / overloaded (with Retry-After when
+the queue is full), 500 inference failure. `V2Route` translates the domain errors once, for every handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+import service
+from service.errors import CapabilityMissing, InvalidInput, ModelNotFound, NotReady, ServiceError
+from service.runtime import Runtime
+from service.shutdown import is_draining
+from service.store.repository import ModelStore, ModelVersion
+from service.v2 import codec
+from service.v2.catalog import PLATFORM, Catalog, GraphMeta
+from service.v2.schemas import (
+    ERRORS,
+    ModelMetadataResponse,
+    RepositoryIndexEntry,
+    RepositoryIndexRequest,
+    ServerMetadataResponse,
+)
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+JSON = "application/json"
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(exc: Exception) -> Response:
+    """Triton's mapping of our error tree: input problems are 400, unknown models 404."""
+    if isinstance(exc, codec.CodecError):
+        return _json({"error": str(exc)}, 400)
+    if isinstance(exc, RequestValidationError):
+        errs = exc.errors()
+        msg = errs[0].get("msg", "invalid request") if errs else "invalid request"
+        return _json({"error": f"invalid request: {msg}"}, 400)
+    assert isinstance(exc, ServiceError)
+    status = exc.status
+    if isinstance(exc, ModelNotFound):
+        status = 404
+    elif isinstance(exc, InvalidInput | CapabilityMissing):
+        status = 400
+    return _json({"error": exc.detail}, status, exc.headers or None)
+
+
+class V2Route(APIRoute):
+    """Renders domain, codec and validation errors as V2 `{"error": ...}` bodies."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (ServiceError, codec.CodecError, RequestValidationError) as exc:
+                if isinstance(exc, ServiceError) and exc.status >= 500:
+                    log.warning("v2 %s: %s", request.url.path, exc)
+                return error_response(exc)
+
+        return route
+
+
+router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route, responses=ERRORS)  # type: ignore[arg-type]
+admin_router = APIRouter(prefix="/v2/repository/models", tags=["v2"], route_class=V2Route,
+                         responses=ERRORS)  # type: ignore[arg-type]
+
+
+# --- app state ----------------------------------------------------------------------------------
+def _ready(request: Request) -> bool:
+    state = request.app.state
+    return getattr(state, "store", None) is not None and bool(getattr(state, "ready", False)) \
+        and not is_draining(request.app)
+
+
+def _store(request: Request) -> ModelStore:
+    store = getattr(request.app.state, "store", None)
+    if store is None:
+        raise NotReady("the models store is not open yet")
+    return store  # type: ignore[no-any-return]
+
+
+def _runtime(request: Request) -> Runtime:
+    rt = getattr(request.app.state, "runtime", None)
+    if rt is None:
+        raise NotReady("the runtime is not started yet")
+    return rt  # type: ignore[no-any-return]
+
+
+def _catalog(request: Request) -> Catalog:
+    state = request.app.state
+    cat = getattr(state, "v2_catalog", None)
+    if cat is None:
+        cat = state.v2_catalog = Catalog()
+    return cat  # type: ignore[no-any-return]
+
+
+def _served(request: Request, name: str, version: str | None) -> tuple[ModelVersion, str]:
+    """Resolve a V2 name that must be in service (not unloaded)."""
+    mv, graph = _catalog(request).resolve(_store(request), name, version)
+    if not _catalog(request).is_loaded(name):
+        raise ServiceError(f"model {name!r} is unloaded; POST /v2/repository/models/{name}/load", status=503)
+    return mv, graph
+
+
+# --- health and server metadata -----------------------------------------------------------------
+@router.get("", response_model=ServerMetadataResponse)
+async def server_metadata() -> Response:
+    """Server name, version and the protocol extensions it supports."""
+    return _json({"name": "latentserve", "version": service.__version__ if hasattr(service, "__version__")
+                  else "0.1.0", "extensions": EXTENSIONS})
+
+
+@router.get("/health/live")
+async def health_live() -> Response:
+    """The process is up."""
+    return _json({"live": True})
+
+
+@router.get("/health/ready")
+async def health_ready(request: Request) -> Response:
+    """Ready for inference: the store is open and the server is not shutting down (else 503)."""
+    ok = _ready(request)
+    return _json({"ready": ok}, 200 if ok else 503)
+
+
+# --- model metadata, readiness, configuration ---------------------------------------------------
+def _model_metadata(request: Request, name: str, version: str | None) -> dict[str, Any]:
+    mv, graph = _catalog(request).resolve(_store(request), name, version)
+    meta = _catalog(request).metadata(_runtime(request), mv, graph)
+    versions = [str(v) for v in _store(request).versions(mv.name)] if version is None else [str(mv.version)]
+    return {"name": name, "versions": versions, "platform": PLATFORM,
+            "inputs": [t.as_dict() for t in meta.inputs], "outputs": [t.as_dict() for t in meta.outputs]}
+
+
+@router.get("/models/{model_name}", response_model=ModelMetadataResponse)
+async def model_metadata(model_name: str, request: Request) -> Response:
+    """Inputs and outputs of a V2 model (`<model>.<graph>`), read from its ONNX graph; -1 = dynamic."""
+    return _json(_model_metadata(request, model_name, None))
+
+
+@router.get("/models/{model_name}/versions/{model_version}", response_model=ModelMetadataResponse)
+async def model_version_metadata(model_name: str, model_version: str, request: Request) -> Response:
+    """Inputs and outputs of one version of a V2 model."""
+    return _json(_model_metadata(request, model_name, model_version))
+
+
+def _model_ready(request: Request, name: str, version: str | None) -> Response:
+    mv, graph = _served(request, name, version)
+    _runtime(request).session(mv, graph)  # raises when the graph has no session
+    ok = _ready(request)
+    return _json({"name": name, "version": str(mv.version), "ready": ok}, 200 if ok else 503)
+
+
+@router.get("/models/{model_name}/ready")
+async def model_ready(model_name: str, request: Request) -> Response:
+    """200 when the model can serve inference now; 503 when unloaded or not ready; 404 when unknown."""
+    return _model_ready(request, model_name, None)
+
+
+@router.get("/models/{model_name}/versions/{model_version}/ready")
+async def model_version_ready(model_name: str, model_version: str, request: Request) -> Response:
+    """Readiness of one version of a V2 model."""
+    return _model_ready(request, model_name, model_version)
+
+
+def _config(request: Request, name: str, version: str | None) -> dict[str, Any]:
+    """A Triton-style model configuration (for perf_analyzer and tritonclient.get_model_config)."""
+    mv, graph = _catalog(request).resolve(_store(request), name, version)
+    meta = _catalog(request).metadata(_runtime(request), mv, graph)
+    settings = request.app.state.settings
+    batch = settings.max_batch_size
+
+    def tensors(ts: Any) -> list[dict[str, Any]]:  # dims without the batch dimension, as Triton writes them
+        return [{"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(t.shape[1:])} for t in ts]
+
+    cfg: dict[str, Any] = {"name": name, "platform": PLATFORM, "backend": "onnxruntime",
+                           "max_batch_size": batch, "input": tensors(meta.inputs),
+                           "output": tensors(meta.outputs)}
+    if settings.batching:
+        cfg["dynamic_batching"] = {"max_queue_delay_microseconds": settings.max_queue_delay_us,
+                                   "default_queue_policy": {"max_queue_size": settings.queue_size}}
+    return cfg
+
+
+@router.get("/models/{model_name}/config")
+async def model_config(model_name: str, request: Request) -> Response:
+    """Triton-style model configuration (model_configuration extension)."""
+    return _json(_config(request, model_name, None))
+
+
+@router.get("/models/{model_name}/versions/{model_version}/config")
+async def model_version_config(model_name: str, model_version: str, request: Request) -> Response:
+    """Triton-style model configuration of one version."""
+    return _json(_config(request, model_name, model_version))
+
+
+# --- inference ----------------------------------------------------------------------------------
+def _check_inputs(name: str, meta: GraphMeta, inputs: dict[str, np.ndarray]) -> None:
+    """Triton's input checks: exact names, the model's datatype, its rank and fixed dimensions (400)."""
+    want = {t.name: t for t in meta.inputs}
+    if set(inputs) != set(want):
+        raise InvalidInput(f"model {name!r} expects inputs {sorted(want)}, got {sorted(inputs)}")
+    for n, arr in inputs.items():
+        t = want[n]
+        got = codec.v2_datatype(arr.dtype)
+        if got != t.datatype:
+            raise InvalidInput(f"input {n!r}: unexpected datatype {got}, model {name!r} expects {t.datatype}")
+        fits = arr.ndim == len(t.shape) and all(d in (-1, s) for d, s in zip(t.shape, arr.shape, strict=True))
+        if not fits:
+            raise InvalidInput(f"input {n!r}: unexpected shape {list(arr.shape)}, model {name!r} expects "
+                               f"{list(t.shape)} (-1 = any)")
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    mv, graph = _served(request, name, version)
+    runtime, settings = _runtime(request), request.app.state.settings
+    meta = _catalog(request).metadata(runtime, mv, graph)
+    start = time.perf_counter()
+    try:
+        body = codec.decompress(await request.body(), request.headers.get("content-encoding"),
+                                settings.max_body_bytes)
+        hlen = request.headers.get(codec.HEADER_LENGTH)
+        if hlen is not None and not hlen.strip().isdigit():
+            raise codec.CodecError(f"{codec.HEADER_LENGTH} must be a non-negative integer, got {hlen!r}")
+        req = codec.decode_request(body, None if hlen is None else int(hlen))
+        _check_inputs(name, meta, req.inputs)
+        if req.outputs is not None:
+            known = {t.name for t in meta.outputs}
+            unknown = [o.name for o in req.outputs if o.name not in known]
+            if unknown:
+                raise InvalidInput(f"model {name!r} has no outputs {unknown}; it has {sorted(known)}")
+    except (codec.CodecError, InvalidInput):
+        stats = getattr(runtime, "stats", None)
+        if stats is not None:
+            stats.request(name, str(mv.version), time.perf_counter() - start, reason="OTHER")
+        raise
+    outputs = await runtime.infer(mv, graph, req.inputs)
+    out_body, header_len = codec.encode_response(name, str(mv.version), outputs, req)
+    out_body, encoding = codec.compress(out_body, request.headers.get("accept-encoding"))
+    headers: dict[str, str] = {}
+    if header_len is not None:
+        headers[codec.HEADER_LENGTH] = str(header_len)
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    media = JSON if header_len is None else "application/octet-stream"
+    return Response(out_body, media_type=media, headers=headers)
+
+
+_INFER_DOC = {
+    "requestBody": {"content": {
+        "application/json": {"schema": {"type": "object", "description": "V2 inference request"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                "description": "JSON header + binary tensors"}},
+    }},
+}
+
+
+@router.post("/models/{model_name}/infer", openapi_extra=_INFER_DOC)
+async def infer(model_name: str, request: Request) -> Response:
+    """Inference: JSON tensors or the binary tensor extension (Inference-Header-Content-Length), gzip or
+    deflate bodies; `outputs` selects outputs and `binary_data` returns them as raw bytes."""
+    return await _infer(request, model_name, None)
+
+
+@router.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=_INFER_DOC)
+async def infer_version(model_name: str, model_version: str, request: Request) -> Response:
+    """Inference on one version of a V2 model."""
+    return await _infer(request, model_name, model_version)
+
+
+# --- repository ---------------------------------------------------------------------------------
+IndexBody = Annotated[RepositoryIndexRequest | None, Body()]
+
+async def _index(request: Request, ready_only: bool) -> Response:
+    cat = _catalog(request)
+    entries: list[dict[str, str]] = []
+    for name, mv in cat.names(_store(request)):
+        loaded = cat.is_loaded(name)
+        if ready_only and not loaded:
+            continue
+        entry = {"name": name, "version": str(mv.version), "state": "READY" if loaded else "UNAVAILABLE"}
+        if not loaded:
+            entry["reason"] = "unloaded"
+        entries.append(entry)
+    return _json(entries)
+
+
+@router.get("/repository/index", response_model=list[RepositoryIndexEntry])
+async def repository_index_get(request: Request) -> Response:
+    """Every V2 model (one per graph and version) and its state."""
+    return await _index(request, False)
+
+
+@router.post("/repository/index", response_model=list[RepositoryIndexEntry])
+async def repository_index(request: Request, body: IndexBody = None) -> Response:
+    """Every V2 model and its state; `{"ready": true}` lists only the ready ones."""
+    return await _index(request, bool(body and body.ready))
+
+
+@admin_router.post("/{model_name}/load")
+async def load(model_name: str, request: Request) -> Response:
+    """Put a V2 model the store serves back in service. Loading from a path, URL or files is refused."""
+    raw = await request.body()
+    if raw.strip():
+        try:
+            params = (orjson.loads(raw) or {}).get("parameters") or {}
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            raise codec.CodecError("load request body must be a JSON object") from exc
+        if params:
+            raise InvalidInput("load takes no parameters: models come from the server's store only, "
+                               "never from a config, path, URL or uploaded files")
+    _catalog(request).resolve(_store(request), model_name)
+    _catalog(request).load(model_name)
+    log.info("v2: loaded %s", model_name)
+    return _json({})
+
+
+@admin_router.post("/{model_name}/unload")
+async def unload(model_name: str, request: Request) -> Response:
+    """Take a V2 model out of service (in memory; the store is untouched). `load` puts it back."""
+    _catalog(request).resolve(_store(request), model_name)
+    _catalog(request).unload(model_name)
+    log.info("v2: unloaded %s", model_name)
+    return _json({})
