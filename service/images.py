@@ -105,6 +105,7 @@ def _decode_image(s: str | bytes, index: int, data: DataSpec, limits: ImageLimit
                     f"image {index} declares {w}x{h} pixels; the limit is {limits.max_pixels} pixels",
                     limit=limits.max_pixels,
                 )
+            _refuse_unusual(im, raw, index)
             channels = data.shape[0]
             mode = _MODE_FOR_CHANNELS.get(channels)
             if mode is None:
@@ -121,6 +122,24 @@ def _decode_image(s: str | bytes, index: int, data: DataSpec, limits: ImageLimit
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
     lo, hi = data.value_range
     return (lo + arr * (hi - lo)).astype(np.float32), source
+
+
+#: 8-bit modes that convert to L/RGB without losing meaning. 16-bit, 32-bit int/float and CMYK do not: Pillow
+#: clips I;16 to 255 on the way to L (a silently wrong image), so they are refused instead (issue 8).
+_ACCEPTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
+
+
+def _refuse_unusual(im: Image.Image, raw: bytes, index: int) -> None:
+    """Refuse animations (only frame 0 would be used) and modes or bit depths we cannot read faithfully."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise InvalidInput(f"image {index} is animated ({frames} frames); send a single still image")
+    png16 = raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR" and len(raw) > 24 and raw[24] == 16
+    if im.mode not in _ACCEPTED_MODES or png16:
+        raise InvalidInput(
+            f"image {index} is {im.format} {'16-bit ' if png16 else ''}mode {im.mode}; "
+            "send an 8-bit grayscale, RGB(A) or palette PNG/JPEG"
+        )
 
 
 def _b64(s: str | bytes, index: int) -> bytes:
