@@ -213,7 +213,8 @@ async function selectModel(name) {
   if (current.id === "tab-interpolate") ensurePair();
 }
 
-const HEADLINE = /(loss|mse|bce|elbo|kl|auroc|auc|fid|psnr|ssim|recon|accuracy|active|error|score|mmd|epoch|steps)/i;
+// Metrics worth a glance, most telling first; the rest of the manifest's metrics stay in /v1/models/{name}.
+const HEADLINE = [/recon.*mse|mse/i, /nll|elbo/i, /auroc|auc/i, /val.*loss|loss/i, /kl|mmd/i, /epoch/i];
 
 function renderModelInfo() {
   const m = state.model;
@@ -240,8 +241,13 @@ function renderModelInfo() {
   );
   const metrics = $("#model-metrics");
   const entries = Object.entries(m.metrics || {});
-  const headline = entries.filter(([k]) => HEADLINE.test(k));
-  const shown = (headline.length ? headline : entries).slice(0, 8);
+  const rank = ([k]) => {
+    const i = HEADLINE.findIndex((re) => re.test(k));
+    return i < 0 ? HEADLINE.length : i;
+  };
+  const numeric = entries.filter(([, v]) => typeof v === "number");
+  let shown = numeric.sort((a, b) => rank(a) - rank(b)).filter((e) => rank(e) < HEADLINE.length).slice(0, 6);
+  if (!shown.length) shown = numeric.slice(0, 6);
   metrics.replaceChildren(
     ...(shown.length
       ? shown.map(([k, v]) => {

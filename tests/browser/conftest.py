@@ -33,11 +33,13 @@ READY_TIMEOUT_S = 60.0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test here drives a browser; skip them all, with the reason, where Chromium is not installed."""
+    """Tests here that drive a browser are marked `browser` and skip, saying why, where Chromium is absent."""
     here = Path(__file__).parent
-    skip = pytest.mark.skip(reason=f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium)")
+    reason = f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium)"
+    skip = pytest.mark.skip(reason=reason)
     for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
+        drives_browser = {"page", "browser"} & set(getattr(item, "fixturenames", ()))
+        if Path(str(item.fspath)).is_relative_to(here) and drives_browser:
             item.add_marker(pytest.mark.browser)
             if not CHROMIUM.exists():
                 item.add_marker(skip)
@@ -113,8 +115,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
-    with sync_api.sync_playwright() as pw:
+    from playwright.sync_api import sync_playwright  # the dev extra has it; a missing one is an error
+
+    with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield b

@@ -239,14 +239,15 @@ def test_accessible_controls_and_phone_width(page: Any, server: Any, artifacts: 
     page.goto("/")
     page.wait_for_selector("body[data-ready='true']")
     unlabelled = page.evaluate(
-        """() => [...document.querySelectorAll('input, select, textarea')].filter((el) =>
-             !(el.labels && el.labels.length) && !el.getAttribute('aria-label')).map((el) => el.id || el.name)"""
+        """() => [...document.querySelectorAll('input, select, textarea')]
+             .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+             .map((el) => el.id || el.name)"""
     )
     assert unlabelled == []
     assert page.locator("[role='tab']").evaluate_all("(ts) => ts.every((t) => t.tagName === 'BUTTON')")
-    assert page.locator("#sample-grid canvas").first.evaluate("(c) => getComputedStyle(c).imageRendering") in (
-        "pixelated", "crisp-edges"
-    )
+    tile = page.locator("#sample-grid canvas").first
+    rendering = tile.evaluate("(c) => getComputedStyle(c).imageRendering")
+    assert rendering in ("pixelated", "crisp-edges"), "model pixels stay crisp squares when scaled up"
     page.focus("#tab-sample")
     page.keyboard.press("ArrowRight")
     assert page.evaluate("document.activeElement.id") == "tab-interpolate"
