@@ -5,7 +5,6 @@ Routers are listed once, in ROUTERS; add yours there.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -16,10 +15,12 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import limits, security, shutdown
+from service import reload as hot_reload
 from service.api import health, models, ops, playground
 from service.errors import PayloadTooLarge, install_handlers, problem_response
 from service.metrics import Metrics, MetricsMiddleware
 from service.metrics import router as metrics_router
+from service.replica import ServedBy
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 from service.store.repository import ModelStore
@@ -39,8 +40,8 @@ ROUTERS: list[APIRouter] = [
 ]
 
 DESCRIPTION = """Encode, decode, sample, interpolate, reconstruct, denoise and score anomalies with
-autoencoder-family models
-(AE, VAE, AAE, WAE, GAN) from the models store, on onnxruntime. Errors are RFC 9457 problem+json."""
+autoencoder-family models (AE, VAE, AAE, WAE, GAN) from the models store, on onnxruntime.
+Errors are RFC 9457 problem+json."""
 
 
 class BodyLimit:
@@ -94,17 +95,6 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
-async def _reload_loop(store: ModelStore, runtime: Runtime, every_s: float) -> None:
-    """Rescan the store periodically; a failed rescan keeps what was served."""
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            await anyio.to_thread.run_sync(store.reload)
-            runtime.retain(store)
-        except Exception:
-            log.exception("store reload failed; keeping the previous snapshot")
-
-
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -113,15 +103,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime.retain(store)
     app.state.runtime, app.state.store, app.state.ready = runtime, store, True
     log.info("serving %d models from %s (%s backend)", len(store.names()), settings.store, settings.backend)
-    reloader = None
-    if settings.reload_interval_s > 0:
-        reloader = asyncio.create_task(_reload_loop(store, runtime, settings.reload_interval_s))
     try:
-        yield
+        async with hot_reload.polling(app, settings.reload_interval_s):  # hot reload by polling (0 = off)
+            yield
     finally:
         app.state.ready = False
-        if reloader is not None:
-            reloader.cancel()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -141,4 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)
+    admin = hot_reload.admin_router(settings.admin_key)  # POST /admin/reload, only with an admin key
+    if admin is not None:
+        app.include_router(admin)
+    app.add_middleware(ServedBy)  # X-Served-By: which replica answered (behind a load balancer)
     return app

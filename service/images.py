@@ -49,16 +49,14 @@ def parse_images(value: Any, data: DataSpec, limits: ImageLimits, what: str = "i
         value = [value]
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{what} must be a non-empty array of pixel values or of base64 images")
-    if len(value) > limits.max_items:
-        raise PayloadTooLarge(
-            f"{len(value)} {what} in one request; the limit is {limits.max_items}", limit=limits.max_items
-        )
     if all(isinstance(v, (str, bytes)) for v in value):
+        _check_count(len(value), limits, what)
         items = [_decode_image(v, i, data, limits) for i, v in enumerate(value)]
     elif any(isinstance(v, (str, bytes)) for v in value):
         raise InvalidInput(f"{what} mixes base64 strings and arrays; send one kind per request")
     else:
         items = _array_items(value, data, what)
+        _check_count(len(items), limits, what)
     out = ParsedImages(array=np.empty((len(items), *data.shape), dtype=np.float32))
     for i, (img, source) in enumerate(items):
         img, note = _to_model_format(img, data, i, limits.strict, source)
@@ -66,6 +64,13 @@ def parse_images(value: Any, data: DataSpec, limits: ImageLimits, what: str = "i
         if note:
             out.converted.append(note)
     return out
+
+
+def _check_count(n: int, limits: ImageLimits, what: str) -> None:
+    if n > limits.max_items:
+        raise PayloadTooLarge(
+            f"{n} {what} in one request; the limit is {limits.max_items}", limit=limits.max_items
+        )
 
 
 def _array_items(value: list[Any], data: DataSpec, what: str) -> list[tuple[np.ndarray, str]]:

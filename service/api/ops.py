@@ -195,7 +195,10 @@ async def decode(
 ) -> Response:
     """Decode latent codes to images."""
     mv = store.get(name, version)
-    z = np.asarray(body.latents, dtype=np.float32)
+    try:
+        z = np.asarray(body.latents, dtype=np.float32)
+    except ValueError as exc:
+        raise InvalidInput("latents must be a rectangular (N, latent_dim) array of numbers") from exc
     if z.ndim == 2 and len(z) > settings.max_items:
         raise PayloadTooLarge(f"{len(z)} latents in one request; the limit is {settings.max_items}")
     images = await within(settings, ops.decode(rt, mv, z))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,13 +13,6 @@ from service.app import create_app
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store.repository import ModelStore
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one async operation to completion (ops are async; tests stay sync)."""
-    return asyncio.run(coro)
 
 
 @pytest.fixture(scope="session")

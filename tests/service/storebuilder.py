@@ -6,11 +6,13 @@ to recompute in numpy. `build_store(root)` writes the standard fixture set; `bui
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -31,6 +33,12 @@ from service.store.manifest import (
 )
 
 OPSET = 17
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one async operation to completion (ops are async; tests stay sync)."""
+    return asyncio.run(coro)
 
 
 @dataclass(frozen=True)
@@ -243,3 +251,35 @@ def build_store(root: Path) -> Path:
     bad = build_model(root, "broken-sha", 1, seed=8)
     (bad / "decoder.onnx").write_bytes((bad / "decoder.onnx").read_bytes() + b"\0")
     return root
+
+
+# --- request helpers shared by the API tests ------------------------------------------------------
+def png_b64(arr: np.ndarray, data_url: bool = False) -> str:
+    """(H, W) or (H, W, 3) floats in [0, 1] -> base64 PNG."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(np.asarray(arr) * 255).astype(np.uint8)).save(buf, format="PNG")
+    s = base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + s if data_url else s
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header declares a huge image (a decompression bomb as far as the header says)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
