@@ -185,38 +185,61 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait(timeout)
 
 
-@pytest.fixture
-def start_replica(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, str]]]:
-    """Start `python -m service` on a free loopback port; every replica started is stopped afterwards."""
-    procs: list[subprocess.Popen] = []
+class Replicas:
+    """`python -m service` processes on free loopback ports, logging under `logdir`; `close()` stops them all.
 
-    def start(store: Path, replica_id: str, **env: str) -> tuple[subprocess.Popen, str]:
+    `launch` returns at once (so several replicas boot in parallel); `ready` waits for /health/ready.
+    The log file is never read by the replica's environment: `LATENTSERVE_*` variables set the replica up.
+    """
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen] = []
+
+    def launch(self, store: Path, name: str, **env: str) -> tuple[subprocess.Popen, str]:
         port = free_port()
         full = {
             **os.environ,
             "LATENTSERVE_HOST": "127.0.0.1",
             "LATENTSERVE_PORT": str(port),
             "LATENTSERVE_STORE": str(store),
-            "LATENTSERVE_REPLICA_ID": replica_id,
             "PYTHONUNBUFFERED": "1",
             **env,
         }
-        log = open(tmp_path / f"replica-{replica_id}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([PYTHON, "-m", "service"], cwd=REPO, env=full, stdout=log,
-                                stderr=subprocess.STDOUT)
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
+        with open(self.logdir / f"replica-{name}.log", "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([PYTHON, "-m", "service"], cwd=REPO, env=full, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        proc.name = name  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    def ready(self, proc: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
         try:
-            wait_http(f"{url}/health/ready", proc=proc)
+            wait_http(f"{url}/health/ready", timeout=timeout, proc=proc)
         except (RuntimeError, TimeoutError) as exc:
             stop(proc)
-            tail = (tmp_path / f"replica-{replica_id}.log").read_text()[-4000:]
+            tail = (self.logdir / f"replica-{proc.name}.log").read_text()[-4000:]  # type: ignore[attr-defined]
             raise RuntimeError(f"{exc}\n{tail}") from exc
+
+    def start(self, store: Path, name: str, **env: str) -> tuple[subprocess.Popen, str]:
+        proc, url = self.launch(store, name, **env)
+        self.ready(proc, url)
         return proc, url
 
-    yield start
-    for p in procs:
-        stop(p)
+    def log(self, name: str) -> str:
+        return (self.logdir / f"replica-{name}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for p in self.procs:
+            stop(p)
+
+
+@pytest.fixture
+def start_replica(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, str]]]:
+    """Start `python -m service` on a free loopback port and wait until ready; all are stopped afterwards."""
+    replicas = Replicas(tmp_path)
+    yield replicas.start
+    replicas.close()
 
 
 def read_json(path: Path) -> dict:
