@@ -11,13 +11,11 @@ from collections.abc import AsyncIterator
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import limits, security, shutdown
 from service import reload as hot_reload
 from service.api import health, models, ops, playground
-from service.errors import PayloadTooLarge, install_handlers, problem_response
+from service.errors import install_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.metrics import router as metrics_router
 from service.replica import ServedBy
@@ -42,57 +40,6 @@ ROUTERS: list[APIRouter] = [
 DESCRIPTION = """Encode, decode, sample, interpolate, reconstruct, denoise and score anomalies with
 autoencoder-family models (AE, VAE, AAE, WAE, GAN) from the models store, on onnxruntime.
 Errors are RFC 9457 problem+json."""
-
-
-class BodyLimit:
-    """Refuse bodies above max_bytes with 413 before any handler sees them (declared or streamed length)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send, int(declared))
-            return
-        chunks, size, more = [], 0, True
-        while more:  # buffer the body (bounded) so a chunked upload cannot exceed the limit either
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            more = msg.get("more_body", False)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send, size)
-                return
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
-        err = PayloadTooLarge(f"request body of {size}+ bytes is above the limit of {self.max_bytes} bytes")
-        resp = problem_response(
-            Request(scope),
-            err.status,
-            err.type,
-            err.title,
-            err.detail,
-            {"Connection": "close"},
-            limit=self.max_bytes,
-        )
-        await resp(scope, receive, send)
 
 
 @contextlib.asynccontextmanager
