@@ -22,7 +22,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The standard fixture store (read-only by convention: copy it before changing anything)."""
     from storebuilder import build_store
 

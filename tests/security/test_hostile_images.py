@@ -17,8 +17,8 @@ HOSTILE = hostile_images()
 
 
 @pytest.fixture(scope="module")
-def client(tiny_store: Path) -> Iterator[TestClient]:
-    settings = Settings(store=tiny_store, max_image_pixels=1_000_000)
+def client(fixture_store: Path) -> Iterator[TestClient]:
+    settings = Settings(store=fixture_store, max_image_pixels=1_000_000)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
 
