@@ -300,6 +300,10 @@ async def _index(request: Request, ready_only: bool) -> Response:
         if not loaded:
             entry["reason"] = "unloaded"
         entries.append(entry)
+    if not ready_only:  # versions the store refused (checksum, truncated graph, bad manifest), and why
+        for p in _store(request).problems:
+            entries.append({"name": str(p["model"]), "version": str(p["version"] or ""),
+                            "state": "UNAVAILABLE", "reason": str(p["reason"])})
     return _json(entries)
 
 
