@@ -1,0 +1,210 @@
+"""Hot reload: a version published while requests flow is served within the poll interval, with zero failed
+requests; and the admin reload call (404 when off, 401 without the key, 200 with it)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from deploykit import MODEL, publish
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.reload import fingerprint
+from service.settings import Settings
+from service.store.layout import STAGING_PREFIX
+from service.store.repository import ModelStore
+
+ADMIN = "admin-s3cret"
+
+
+def _latest(client: httpx.Client | TestClient) -> int:
+    r = client.get(f"/v1/models/{MODEL}")
+    assert r.status_code == 200, r.text
+    return int(r.json()["latest"])
+
+
+# --- the poller, against a real `python -m service` under load ----------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_publish_under_load_is_served_within_the_poll_interval(
+    tiny_store: Path, start_replica: Callable
+) -> None:
+    interval = 1.0
+    _, url = start_replica(tiny_store, "hot", LATENTSERVE_RELOAD_INTERVAL_S=str(interval))
+    failures: list[str] = []
+    count = 0
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def load(i: int) -> None:
+        nonlocal count
+        with httpx.Client(base_url=url, timeout=10) as c:
+            while not done.is_set():
+                try:
+                    if i % 2:
+                        r = c.post(f"/v1/models/{MODEL}/decode", json={"latents": [[0.1, -0.2], [0.0, 0.3]]})
+                    else:
+                        r = c.get(f"/v1/models/{MODEL}")
+                    ok = r.status_code == 200
+                    why = f"{r.status_code} {r.text[:200]}"
+                except httpx.HTTPError as exc:
+                    ok, why = False, repr(exc)
+                with lock:
+                    count += 1
+                    if not ok:
+                        failures.append(why)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(interval * 1.5)  # a poll or two with nothing new
+        with httpx.Client(base_url=url, timeout=10) as c:
+            assert _latest(c) == 1
+            published_at = time.monotonic()
+            publish(tiny_store, MODEL, 2)  # staging folder + fsync + rename, as training.publish does
+            seen_after = None
+            while time.monotonic() - published_at < interval + 10:
+                if _latest(c) == 2:
+                    seen_after = time.monotonic() - published_at
+                    break
+                time.sleep(0.02)
+            time.sleep(0.3)  # keep the load on across the swap
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+
+    assert seen_after is not None, "the new version was never served"
+    # one poll interval, plus the rescan itself (sha256 + session creation; slow on a loaded 2-core box)
+    assert seen_after <= interval + 3.0, f"served {seen_after:.2f}s after publishing (interval {interval}s)"
+    assert not failures, f"{len(failures)} of {count} requests failed during the reload: {failures[:3]}"
+    assert count > 20
+    with httpx.Client(base_url=url, timeout=10) as c:
+        r = c.post(f"/v1/models/{MODEL}/versions/2/decode", json={"latents": [[0.0, 0.0]]})
+        assert r.status_code == 200, r.text
+        r = c.get(f"/v1/models/{MODEL}/versions/1")  # the old version keeps serving beside the new one
+        assert r.status_code == 200
+    print(f"v2 served {seen_after:.2f}s after publish (poll {interval}s); {count} requests, 0 failed")
+
+
+# --- the poller, in process: reloads only when the store changed -----------------------------------------
+
+
+def test_fingerprint_sees_publish_and_removal_but_not_staging(tiny_store: Path) -> None:
+    before = fingerprint(tiny_store)
+    assert fingerprint(tiny_store) == before
+    staging = tiny_store / MODEL / f"{STAGING_PREFIX}half"
+    staging.mkdir()
+    (staging / "manifest.json").write_text("{}")
+    assert fingerprint(tiny_store) == before, "a publish in progress is invisible"
+    shutil.rmtree(staging)
+    publish(tiny_store, MODEL, 2)
+    after = fingerprint(tiny_store)
+    assert after != before and [v for _, v, _ in after] == [1, 2]
+    shutil.rmtree(tiny_store / MODEL / "1")
+    assert [v for _, v, _ in fingerprint(tiny_store)] == [2]
+
+
+def test_poll_rescans_only_on_change(tiny_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    original = ModelStore.reload
+
+    def counting(self: ModelStore) -> ModelStore:
+        nonlocal calls
+        calls += 1
+        return original(self)
+
+    monkeypatch.setattr(ModelStore, "reload", counting)
+    app = create_app(Settings(store=tiny_store, reload_interval_s=0.05))
+    with TestClient(app) as client:
+        opened = calls  # the open itself
+        time.sleep(0.4)  # ~8 polls, nothing changed
+        assert calls == opened, "an unchanged store is not rescanned"
+        publish(tiny_store, MODEL, 2)
+        deadline = time.monotonic() + 5
+        while _latest(client) != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _latest(client) == 2
+        assert calls == opened + 1
+
+
+def test_a_broken_publish_keeps_serving_what_was_there(tiny_store: Path) -> None:
+    app = create_app(Settings(store=tiny_store, reload_interval_s=0.05))
+    with TestClient(app) as client:
+        publish(tiny_store, MODEL, 2)
+        (tiny_store / MODEL / "2" / "decoder.onnx").write_bytes(b"corrupted after publish")
+        deadline = time.monotonic() + 5
+        problems: list = []
+        while not problems and time.monotonic() < deadline:
+            problems = client.get("/v1/models").json()["problems"]
+            time.sleep(0.05)
+        assert problems and problems[0]["version"] == 2 and "sha256" in problems[0]["reason"]
+        assert _latest(client) == 1
+        r = client.post(f"/v1/models/{MODEL}/decode", json={"latents": [[0.0, 0.0]]})
+        assert r.status_code == 200
+
+
+# --- the admin reload call --------------------------------------------------------------------------------
+
+
+def test_admin_reload_needs_the_admin_key(tiny_store: Path) -> None:
+    app = create_app(Settings(store=tiny_store, admin_key=ADMIN, api_keys=["user-key"]))
+    with TestClient(app) as client:
+        publish(tiny_store, MODEL, 2)
+        auth = {"Authorization": "Bearer user-key"}
+        assert client.get(f"/v1/models/{MODEL}", headers=auth).json()["latest"] == 1  # no polling here
+
+        for headers in ({}, {"Authorization": "Bearer wrong"}, auth, {"Authorization": f"Basic {ADMIN}"}):
+            r = client.post("/admin/reload", headers=headers)
+            assert r.status_code == 401, (headers, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        assert client.get(f"/v1/models/{MODEL}", headers=auth).json()["latest"] == 1
+
+        r = client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["added"] == [f"{MODEL}/2"] and body["removed"] == []
+        assert body["models"] == {MODEL: [1, 2]} and body["problems"] == []
+        assert client.get(f"/v1/models/{MODEL}", headers=auth).json()["latest"] == 2
+
+        shutil.rmtree(tiny_store / MODEL / "1")
+        r = client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.json()["removed"] == [f"{MODEL}/1"]
+        assert client.get(f"/v1/models/{MODEL}/versions/1", headers=auth).status_code == 404
+        assert "/admin/reload" in client.get("/openapi.json", headers=auth).json()["paths"]
+
+
+def test_admin_reload_does_not_exist_without_an_admin_key(tiny_store: Path) -> None:
+    for key in (None, ""):
+        app = create_app(Settings(store=tiny_store, admin_key=key))
+        with TestClient(app) as client:
+            for headers in ({}, {"Authorization": "Bearer anything"}):
+                assert client.post("/admin/reload", headers=headers).status_code == 404
+            assert "/admin/reload" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_admin_route_checks_the_key_itself() -> None:
+    """Defence in depth: the route refuses a wrong key even on an app without the access-guard middleware."""
+    from fastapi import FastAPI
+
+    from service.errors import install_handlers
+    from service.reload import admin_router
+
+    assert admin_router(None) is None and admin_router("") is None
+    bare = FastAPI()
+    install_handlers(bare)
+    router = admin_router(ADMIN)
+    assert router is not None
+    bare.include_router(router)
+    with TestClient(bare) as client:
+        assert client.post("/admin/reload").status_code == 401
+        assert client.post("/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
