@@ -515,9 +515,8 @@ const scoreDrawing = debounce(() => {
       $("#draw-error").textContent = fmt(Array.isArray(recon.errors) ? recon.errors[0] : recon.errors);
     }
     if (scores && scores.length) await renderScore(scores[0]);
-    if (!recon && !scores) {
-      throw pageProblem("Cannot score", `${state.model.name} has neither reconstruct nor anomaly-score.`);
-    }
+    // A model with neither capability (a GAN without encoder) only shows the model input; the
+    // capability note already says why.
   });
 }, 60);
 
@@ -821,5 +820,8 @@ $("#key-form").addEventListener("submit", (e) => {
 
 const startTab = tabs.find((t) => t.id === `tab-${location.hash.slice(1)}`);
 if (startTab) activateTab(startTab, false);
-await loadModels();
-document.body.dataset.ready = "true";
+try {
+  await loadModels();
+} finally {
+  document.body.dataset.ready = "true"; // tests and scripts wait on this, error or not
+}

@@ -258,9 +258,10 @@ def test_accessible_controls_and_phone_width(page: Any, server: Any, artifacts: 
     assert page.evaluate("document.activeElement.closest('#panel-interpolate') !== null")
 
     page.set_viewport_size({"width": 390, "height": 844})
-    page.click("#tab-draw")
-    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, f"the page scrolls sideways by {overflow}px at phone width"
+    for view in ("sample", "interpolate", "denoise", "latent", "draw"):
+        page.click(f"#tab-{view}")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the {view} view scrolls sideways by {overflow}px at phone width"
     pad = page.locator("#draw-pad").bounding_box()
     assert pad["width"] > 250, "the drawing pad stays usable on a phone"
     page.screenshot(path=str(artifacts / "playground-phone.png"), full_page=True)

@@ -51,7 +51,8 @@ def test_every_referenced_asset_exists_with_its_type(client: TestClient) -> None
     for name in sorted(names):
         r = client.get(f"/static/{name}")
         assert r.status_code == 200, name
-        assert r.headers["content-type"].startswith(types[Path(name).suffix]), (name, r.headers["content-type"])
+        ctype = r.headers["content-type"]
+        assert ctype.startswith(types[Path(name).suffix]), (name, ctype)
     assert client.get("/favicon.ico").headers["content-type"].startswith("image/svg+xml")
 
 
