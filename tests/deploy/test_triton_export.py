@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,37 @@ def test_cli_export_triton(tiny_store: Path, tmp_path: Path) -> None:
     r = subprocess.run([PYTHON, "-m", "training", "export-triton", "--store", str(tmp_path / "nope"),
                         "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
+
+
+def _docs_snippet() -> str:
+    text = (REPO / "docs" / "deploy.md").read_text()
+    marker = text.index("test_triton_export.py runs this block")
+    start = text.index("```python\n", marker) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_docs_tritonclient_snippet_runs_against_us_and_matches_the_export(
+    tiny_store: Path, tmp_path: Path, start_replica: Callable
+) -> None:
+    """The documented tritonclient snippet runs unchanged (but for host and model) against a live replica,
+    and the tensor names and dims it reads from our V2 metadata are those of the Triton export."""
+    pytest.importorskip("tritonclient.http")
+    _, url = start_replica(tiny_store, "v2")
+    code = _docs_snippet()
+    assert 'url="localhost:8000"' in code and 'model = "vae-digits.decoder"' in code
+    code = code.replace('url="localhost:8000"', f'url="{url.removeprefix("http://")}"')
+    code = code.replace('model = "vae-digits.decoder"', f'model = "{MODEL}.decoder"')
+    scope: dict = {}
+    exec(compile(code, "docs/deploy.md", "exec"), scope)  # noqa: S102 - our own documentation
+    assert scope["images"].shape == (4, 1, 8, 8)
+    assert float(scope["images"].min()) >= 0.0 and float(scope["images"].max()) <= 1.0
+
+    export_repository(tiny_store, tmp_path / "triton")
+    cfg = _parse(tmp_path / "triton" / f"{MODEL}.decoder" / "config.pbtxt")
+    z_spec, x_spec = scope["z_spec"], scope["x_spec"]
+    assert (z_spec["name"], x_spec["name"]) == (cfg.input[0].name, cfg.output[0].name)
+    assert z_spec["datatype"] == "FP32" and x_spec["datatype"] == "FP32"
+    assert z_spec["shape"][1:] == list(cfg.input[0].dims) and x_spec["shape"][1:] == list(cfg.output[0].dims)
+    assert z_spec["shape"][0] == -1  # the batch dim, as Triton reports it for max_batch_size > 0
