@@ -24,6 +24,7 @@ with no traceback).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -74,9 +75,9 @@ class MalformedRequest(InvalidInput):
 class CapabilityMissing(ServiceError):
     status, slug, title = 409, "capability-missing", "Capability missing"
 
-    def __init__(self, model: str, capability: str, available: list[str], why: str = "") -> None:
+    def __init__(self, model: str, capability: str, available: Sequence[str], why: str = "") -> None:
         detail = f"model {model!r} cannot {capability}{why}; it supports: {', '.join(available) or 'nothing'}"
-        super().__init__(detail, capability=capability, capabilities=available)
+        super().__init__(detail, capability=capability, capabilities=list(available))
 
 
 class PayloadTooLarge(ServiceError):
@@ -147,11 +148,10 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
     if any(e["type"] == "json_invalid" for e in errors):
-        err = MalformedRequest("request body is not valid JSON")
-        return problem_response(request, err.status, err.type, err.title, err.detail, errors=errors)
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
-    err = InvalidInput(detail)
+        bad = MalformedRequest("request body is not valid JSON")
+        return problem_response(request, bad.status, bad.type, bad.title, bad.detail, errors=errors)
+    loc, msg = (errors[0]["loc"], str(errors[0]["msg"])) if errors else ([], "invalid request")
+    err = InvalidInput(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return problem_response(request, err.status, err.type, err.title, err.detail, errors=errors)
 
 

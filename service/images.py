@@ -117,13 +117,12 @@ def _decode_image(s: str | bytes, index: int, data: DataSpec, limits: ImageLimit
                 raise InvalidInput(f"model takes {channels}-channel input; send arrays, not PNG/JPEG")
             source = f"{im.format} {w}x{h} {im.mode}"
             im.load()
-            if im.mode != mode:
-                im = im.convert(mode)
+            pixels = im.convert(mode) if im.mode != mode else im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image {index} is too large to decode: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"image {index} is not a decodable PNG or JPEG ({type(exc).__name__})") from exc
-    arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = np.asarray(pixels, dtype=np.float32) / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
     lo, hi = data.value_range
     return (lo + arr * (hi - lo)).astype(np.float32), source
