@@ -214,7 +214,7 @@ async function selectModel(name) {
 }
 
 // Metrics worth a glance, most telling first; the rest of the manifest's metrics stay in /v1/models/{name}.
-const HEADLINE = [/recon.*mse|mse/i, /nll|elbo/i, /auroc|auc/i, /val.*loss|loss/i, /kl|mmd/i, /epoch/i];
+const HEADLINE = [/recon.*mse|^mse$/i, /^nll(_is)?$|elbo/i, /auroc|auc/i, /^val_?loss$/i, /^(kl|mmd)$/i, /^epochs(_run)?$/i];
 
 function renderModelInfo() {
   const m = state.model;
