@@ -107,3 +107,54 @@ def test_client_against_the_app(client: TestClient) -> None:
     )
     with pytest.raises(ApiError, match="404"):
         c.sample("nope")
+
+
+def _serve_closure() -> set[str]:
+    """Distributions the `serve` extra installs: its requirements and theirs, recursively (with markers)."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    serve = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    seen: set[str] = set()
+    stack = [Requirement(r) for r in [*serve, *core]]
+    while stack:
+        req = stack.pop()
+        name = canonicalize_name(req.name)
+        key = f"{name}[{','.join(sorted(req.extras))}]"
+        if key in seen:
+            continue
+        seen.add(key)
+        seen.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for sub in map(Requirement, dist.requires or []):
+            envs = [{"extra": e} for e in (req.extras or {""})]
+            if sub.marker is None or any(sub.marker.evaluate(env) for env in envs):
+                stack.append(sub)
+    return seen
+
+
+def test_serving_path_needs_only_the_serve_extra() -> None:
+    code = (
+        "import sys, json\n"
+        "from importlib import metadata\n"
+        "before = set(sys.modules)  # site hooks (.pth files) are not ours\n"
+        "import service.app\n"
+        "service.app.create_app()\n"
+        "top = {m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)\n"
+        "dists = metadata.packages_distributions()\n"
+        "print(json.dumps(sorted({d for m in top for d in dists.get(m, [])})))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    from packaging.utils import canonicalize_name
+
+    used = {canonicalize_name(d) for d in __import__("json").loads(r.stdout.splitlines()[-1])}
+    extra = used - _serve_closure() - {"latentserve"}
+    assert not extra, f"the serving path imports distributions outside the serve extra: {sorted(extra)}"
