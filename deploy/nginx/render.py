@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
@@ -42,17 +42,22 @@ def render(values: Mapping[str, str | Sequence[str]], template: str | None = Non
         lists = [n for n in _PLACEHOLDER.findall(line) if not isinstance(values.get(n, ""), str)]
         if len(lists) > 1:
             raise ValueError(f"a line may hold one list placeholder, got {lists}: {line.strip()}")
-        items = list(values[lists[0]]) if lists else [None]
+        items: list[str | None] = list(values[lists[0]]) if lists else [None]
         for item in items:
-            out.append(_PLACEHOLDER.sub(lambda m, item=item: _value(values, m.group(1), item), line))
+            out.append(_PLACEHOLDER.sub(_filler(values, item), line))
     return "".join(out)
 
 
-def _value(values: Mapping[str, str | Sequence[str]], name: str, item: str | None) -> str:
-    if name not in values:
-        return "${" + name + "}"
-    v = values[name]
-    return v if isinstance(v, str) else str(item)
+def _filler(values: Mapping[str, str | Sequence[str]], item: str | None) -> Callable[[re.Match[str]], str]:
+    """Replacement for one rendered line: a string value, the current list `item`, or the placeholder kept."""
+    def fill(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in values:
+            return m.group(0)
+        v = values[name]
+        return v if isinstance(v, str) else str(item)
+
+    return fill
 
 
 def main(argv: list[str] | None = None) -> int:
