@@ -1,0 +1,131 @@
+"""`python -m training`: config files, typed overrides with clear errors, subcommands, `fit` end to end."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.store.layout import version_numbers
+from service.store.manifest import Manifest
+from training import __main__ as cli
+from training.config import ConfigError, TrainConfig, model_config, parse_overrides, resolve
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+TOML = """
+[train]
+model = "ae"
+data = "synthetic"
+epochs = 2
+steps_per_epoch = 3
+batch_size = 32
+device = "cpu"
+threads = 1
+nll_k = 4
+[model]
+latent_dim = 3
+hidden = [32, 16]
+"""
+
+
+@pytest.fixture()
+def cfg_file(tmp_path: Path) -> Path:
+    p = tmp_path / "run.toml"
+    p.write_text(TOML)
+    return p
+
+
+def test_file_values_then_typed_overrides(cfg_file: Path) -> None:
+    spec = resolve(cfg_file, ["--epochs", "5", "--amp=false", "--split", "0.7,0.2,0.1", "--normal_classes", "1,2",
+                              "--lr", "3e-4", "--train.seed", "7", "--model.latent_dim", "4", "--patience", "2"])
+    t = spec.train
+    assert (t.model, t.data, t.epochs, t.amp, t.seed, t.patience) == ("ae", "synthetic", 5, False, 7, 2)
+    assert t.split == (0.7, 0.2, 0.1) and t.normal_classes == (1, 2) and t.lr == 3e-4
+    assert isinstance(t.epochs, int) and isinstance(t.lr, float)
+    m = model_config(t.model, spec.model)
+    assert m.latent_dim == 4 and m.hidden == (32, 16)
+    assert resolve(cfg_file, ["--lr", "none"]).train.lr is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "five"], "train.epochs: 'five' is not an int"),
+        (["--device", "gpu"], "train.device: 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
+        (["--amp", "maybe"], "train.amp: 'maybe' is not a bool"),
+        (["--split", "0.5,0.5"], "train.split: expected 3 values, got 2"),
+        (["--epochz", "3"], "unknown train field 'epochz'"),
+        (["--epochs"], "flag --epochs needs a value"),
+        (["epochs", "3"], "expected --field value"),
+        (["--data.path", "x"], "unknown section"),
+        (["--epochs", "0"], "must be >= 1"),
+    ],
+)
+def test_bad_flags_fail_clearly(cfg_file: Path, flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve(cfg_file, flags)
+
+
+def test_bad_model_fields_and_files(tmp_path: Path, cfg_file: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown model field 'latent'"):
+        model_config("ae", {"latent": "3"})
+    with pytest.raises(ConfigError, match="model.latent_dim: 'x' is not an int"):
+        model_config("ae", {"latent_dim": "x"})
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        model_config("nope", {})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[trian]\nepochs = 1\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        resolve(bad)
+    bad.write_text("[train]\nepochs = 'ten'\n")
+    with pytest.raises(ConfigError, match="train.epochs"):
+        resolve(bad)
+    with pytest.raises(ConfigError, match="missing.toml"):
+        resolve(tmp_path / "missing.toml")
+
+
+def test_parse_overrides_splits_sections() -> None:
+    train, model = parse_overrides(["--epochs", "3", "--model.latent-dim=2", "--train.batch_size", "8"])
+    assert train == {"epochs": "3", "batch_size": "8"} and model == {"latent_dim": "2"}
+
+
+def test_defaults_are_valid() -> None:
+    assert TrainConfig().device == "auto"
+
+
+def test_fit_end_to_end_into_a_tmp_store(cfg_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    rc = cli.main(["fit", str(cfg_file), "--store", str(store), "--run_dir", str(tmp_path / "run"),
+                   "--name", "cli-ae", "--model.latent_dim", "2"])
+    assert rc == 0
+    assert version_numbers(store / "cli-ae") == [1]
+    assert capsys.readouterr().out.strip() == str(store / "cli-ae" / "1")
+    m = Manifest.model_validate_json((store / "cli-ae" / "1" / "manifest.json").read_text())
+    assert m.latent.dim == 2 and m.training["config"]["epochs"] == 2 and m.training["model_config"]["hidden"] == [32, 16]
+
+
+def test_cli_bad_flag_exits_2_with_message(cfg_file: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "training", "fit", str(cfg_file), "--epochs", "many"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 2
+    assert "train.epochs: 'many' is not an int" in proc.stderr
+
+
+def test_subcommands_are_registered_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[argparse.Namespace] = []
+
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, required=True)
+
+    def run(args: argparse.Namespace) -> int:
+        seen.append(args)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "dummy", cli.Command("a test command", add, run))
+    assert cli.main(["dummy", "--out", "x"]) == 0
+    assert seen[0].out == Path("x")
+    assert {"fit", "zoo"} <= set(cli.COMMANDS)
