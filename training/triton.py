@@ -106,6 +106,42 @@ def _check_graph(where: str, g: GraphSpec, m: Manifest, opts: TritonOptions) -> 
         raise ExportError(f"{where}: {g.file} has no sha256 in the manifest")
 
 
+#: ONNX TensorProto elem_type -> manifest dtype
+_ONNX_DTYPES = {1: "float32"}
+
+
+def check_onnx_signature(where: str, path: Path, spec: GraphSpec) -> None:
+    """Refuse a graph whose names, dtypes or fixed dims differ from the manifest (what config.pbtxt states).
+
+    A symbolic ONNX dim (the batch, or a size the exporter did not fold to a constant) matches any size, as
+    in Triton's own config check; the manifest's concrete size then goes into config.pbtxt. Skipped, with a
+    debug line, when `onnx` is not installed (it is in the train extra).
+    """
+    try:
+        import onnx
+    except ModuleNotFoundError:
+        log.debug("onnx not installed: %s signature not checked against the graph", where)
+        return
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+    for kind, specs, values in (("input", spec.inputs, [i for i in g.input if i.name not in inits]),
+                                ("output", spec.outputs, list(g.output))):
+        if [t.name for t in specs] != [v.name for v in values]:
+            raise ExportError(f"{where}: {kind}s are {[v.name for v in values]} in the graph, "
+                              f"{[t.name for t in specs]} in the manifest")
+        for t, v in zip(specs, values, strict=True):
+            tt = v.type.tensor_type
+            if _ONNX_DTYPES.get(tt.elem_type) != t.dtype:
+                raise ExportError(f"{where}: {t.name} has ONNX elem_type {tt.elem_type}, manifest {t.dtype}")
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+            fixed_differ = len(dims) != len(t.shape) or any(
+                a != b for a, b in zip(dims, t.shape, strict=True) if a != -1
+            )
+            if fixed_differ:
+                raise ExportError(f"{where}: {t.name} has shape {dims} in the graph, "
+                                  f"{t.shape} in the manifest")
+
+
 def export_model_graph(
     root: Path, out: Path, name: str, graph_name: str, versions: list[int], opts: TritonOptions
 ) -> Exported:
@@ -131,6 +167,7 @@ def export_model_graph(
         for v, src, sha in chosen:
             if sha256_file(src) != sha:
                 raise ExportError(f"{name} v{v}: {src.name} does not match its sha256 in the manifest")
+            check_onnx_signature(f"{name} v{v} {graph_name}", src, spec)
             (staging / str(v)).mkdir()
             shutil.copyfile(src, staging / str(v) / "model.onnx")
         (staging / "config.pbtxt").write_text(config_pbtxt(triton_name, spec, opts))

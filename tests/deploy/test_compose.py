@@ -310,7 +310,8 @@ def test_copied_sources_exist_and_are_not_dockerignored(dockerfile: tuple) -> No
     for must in ("service/__main__.py", "service/app.py", "training/__main__.py"):
         assert not dockerignored(must)
     for junk in (".venv/bin/python", ".git/HEAD", "tests/deploy/test_compose.py", "datasets/mnist.npz",
-                 "models_store/tiny/.staging-abc/manifest.json", "service/__pycache__/app.cpython-311.pyc"):
+                 "models_store/tiny/.staging-abc/manifest.json", "models_store/tiny/.lock",
+                 "service/__pycache__/app.cpython-311.pyc"):
         assert dockerignored(junk), f"{junk} would be sent to the Docker daemon"
 
 

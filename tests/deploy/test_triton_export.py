@@ -33,7 +33,10 @@ def _onnx_dims(vi) -> list[int | str]:
 
 
 def _assert_matches(cfg, model_onnx: Path) -> None:
-    """Names, datatypes and dims (batch excluded) of the config equal the ONNX graph's."""
+    """Names, datatypes and dims (batch excluded) of the config agree with the ONNX graph: a fixed ONNX dim
+    equals the config's, a symbolic one matches any (Triton's own rule), and running the graph on a batch
+    gives exactly the config's dims."""
+    ort = pytest.importorskip("onnxruntime")
     g = onnx.load(str(model_onnx)).graph
     inits = {i.name for i in g.initializer}
     graph_inputs = [i for i in g.input if i.name not in inits]
@@ -44,7 +47,13 @@ def _assert_matches(cfg, model_onnx: Path) -> None:
             assert ot.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
             dims = _onnx_dims(ot)
             assert isinstance(dims[0], str), f"{ot.name}: batch dim must be dynamic in the ONNX graph"
-            assert list(ct.dims) == [d if isinstance(d, int) else -1 for d in dims[1:]]
+            assert len(ct.dims) == len(dims) - 1
+            for c, d in zip(ct.dims, dims[1:], strict=True):
+                assert c > 0 and (isinstance(d, str) or c == d), (ot.name, list(ct.dims), dims)
+    sess = ort.InferenceSession(str(model_onnx))
+    feeds = {t.name: np.zeros((3, *t.dims), np.float32) for t in cfg.input}
+    outs = sess.run([t.name for t in cfg.output], feeds)
+    assert [o.shape for o in outs] == [(3, *t.dims) for t in cfg.output]
 
 
 def test_export_writes_a_valid_triton_repository(tiny_store: Path, tmp_path: Path) -> None:
@@ -173,3 +182,32 @@ def test_docs_tritonclient_snippet_runs_against_us_and_matches_the_export(
     assert z_spec["datatype"] == "FP32" and x_spec["datatype"] == "FP32"
     assert z_spec["shape"][1:] == list(cfg.input[0].dims) and x_spec["shape"][1:] == list(cfg.output[0].dims)
     assert z_spec["shape"][0] == -1  # the batch dim, as Triton reports it for max_batch_size > 0
+
+
+def test_shipped_zoo_exports_to_a_valid_repository(tmp_path: Path) -> None:
+    """The real store (torch-exported graphs, some with symbolic non-batch dims) exports and checks out."""
+    store = REPO / "models_store"
+    if not any(p.is_dir() and not p.name.startswith(".") for p in store.iterdir()):
+        pytest.skip("no shipped models in models_store (make models builds them)")
+    done = export_repository(store, tmp_path / "triton")
+    assert done
+    for e in done:
+        cfg = _parse(e.path / "config.pbtxt")
+        assert cfg.name == e.name
+        for v in e.versions:
+            _assert_matches(cfg, e.path / str(v) / "model.onnx")
+
+
+def test_a_manifest_that_lies_about_the_graph_is_refused(tiny_store: Path, tmp_path: Path) -> None:
+    from service.store import GraphSpec, TensorSpec
+    from training.triton import check_onnx_signature
+
+    graph = tiny_store / MODEL / "1" / "decoder.onnx"
+    good = GraphSpec(file="decoder.onnx", inputs=[TensorSpec(name="z", shape=[-1, 2])],
+                     outputs=[TensorSpec(name="x_hat", shape=[-1, 1, 8, 8])])
+    check_onnx_signature("ok", graph, good)
+    for bad in (good.model_copy(update={"inputs": [TensorSpec(name="latent", shape=[-1, 2])]}),
+                good.model_copy(update={"inputs": [TensorSpec(name="z", shape=[-1, 3])]}),
+                good.model_copy(update={"outputs": [TensorSpec(name="x_hat", shape=[-1, 64])]})):
+        with pytest.raises(ExportError, match="in the manifest"):
+            check_onnx_signature("bad", graph, bad)
