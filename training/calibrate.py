@@ -62,7 +62,8 @@ def compute_scores(kind: str, params: Mapping[str, float | str], run: Runner, x:
     if kind == "vae_elbo":
         if len(enc) < 2:
             raise ValueError("vae_elbo needs an encoder with z_mean and z_logvar outputs")
-        return scores.vae_elbo(x, x_hat, enc[0], enc[1], likelihood=str(params.get("likelihood", "bernoulli")),
+        likelihood = str(params.get("likelihood", "bernoulli"))
+        return scores.vae_elbo(x, x_hat, enc[0], enc[1], likelihood=likelihood,
                                sigma=scores.params_float(params, "sigma", 0.1))
     if kind == "fanogan":
         names = critic_names or []

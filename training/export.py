@@ -1,4 +1,4 @@
-"""Export every graph a family declares to ONNX (opset 17, dynamic batch) and TorchScript, then gate on parity.
+"""Export every graph of a family to ONNX (opset 17, dynamic batch) and TorchScript, then gate on parity.
 
 The parity gate runs onnxruntime and torch on the same inputs -- random ones and real data, at batch 1 and
 at a larger batch -- and refuses (ParityError) when any output differs by more than PARITY_ATOL. The
@@ -59,14 +59,15 @@ def _onnx_export(module: nn.Module, example: Tensor, path: Path, g: GraphExport)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example,), str(path), input_names=g.input_names,
-                              output_names=g.output_names, opset_version=OPSET, dynamo=False, dynamic_axes=axes)
+                              output_names=g.output_names, opset_version=OPSET, dynamo=False,
+                              dynamic_axes=axes)
         return "torchscript-onnx"
     except Exception as exc:  # noqa: BLE001 - any failure of the fast path falls back to dynamo
         log.warning("legacy ONNX export failed (%s); trying the dynamo exporter", exc)
     batch = torch.export.Dim("batch", min=1)
     try:
-        torch.onnx.export(module, (example,), str(path), input_names=g.input_names, output_names=g.output_names,
-                          opset_version=OPSET, dynamo=True, external_data=False,
+        torch.onnx.export(module, (example,), str(path), input_names=g.input_names,
+                          output_names=g.output_names, opset_version=OPSET, dynamo=True, external_data=False,
                           dynamic_shapes=({0: batch},))
     except Exception as exc:
         raise ExportError(f"ONNX export of {path.name} failed: {exc}") from exc
@@ -138,7 +139,8 @@ def check_parity(name: str, module: nn.Module, onnx_path: Path, ts_path: Path | 
             diff = float(np.max(np.abs(r - o))) if r.size else 0.0
             onnx_max = max(onnx_max, diff)
             if not diff <= atol:
-                raise ParityError(f"{name} on {label}: onnxruntime differs from torch by {diff:.3g} > {atol:g}")
+                raise ParityError(
+                    f"{name} on {label}: onnxruntime differs from torch by {diff:.3g} > {atol:g}")
         if ts is not None:
             with torch.no_grad():
                 out = ts(x)
@@ -147,7 +149,8 @@ def check_parity(name: str, module: nn.Module, onnx_path: Path, ts_path: Path | 
                 diff = float(np.max(np.abs(r - o))) if r.size else 0.0
                 ts_max = max(ts_max or 0.0, diff)
                 if not diff <= atol:
-                    raise ParityError(f"{name} on {label}: TorchScript differs from torch by {diff:.3g} > {atol:g}")
+                    raise ParityError(
+                        f"{name} on {label}: TorchScript differs from torch by {diff:.3g} > {atol:g}")
     return onnx_max, ts_max
 
 
@@ -172,7 +175,8 @@ def export_model(model: GenerativeModel, out_dir: Path, real_images: np.ndarray 
         specs[name] = GraphSpec(
             file=onnx_path.name, torchscript=ts_path.name if has_ts else None,
             inputs=[TensorSpec(name=n, shape=[-1, *example.shape[1:]]) for n in g.input_names],
-            outputs=[TensorSpec(name=n, shape=[-1, *o.shape[1:]]) for n, o in zip(g.output_names, outs, strict=True)],
+            outputs=[TensorSpec(name=n, shape=[-1, *o.shape[1:]])
+                     for n, o in zip(g.output_names, outs, strict=True)],
         )
     metrics: dict[str, float | str] = {
         "parity_onnx_max_abs_diff": onnx_max, "parity_torchscript_max_abs_diff": ts_max,

@@ -321,7 +321,7 @@ class Trainer:
                            "time_s": round(time.perf_counter() - te, 4)})
                 done = stopped or epoch + 1 == epochs
                 if done and best_state is not None:
-                    self.model.load_state_dict(best_state)  # the checkpoint of a finished stage holds its best
+                    self.model.load_state_dict(best_state)  # a finished stage's checkpoint holds its best
                 self._save_checkpoint({
                     "stage_index": si if not done else si + 1, "epoch": epoch if not done else -1,
                     "best_loss": best_loss if not done else math.inf, "bad_epochs": bad if not done else 0,
@@ -331,7 +331,8 @@ class Trainer:
                     **({"best_state": best_state} if best_state is not None and not done else {}),
                 })
                 if stopped:
-                    log.info("stage %s: early stop after epoch %d (best val %.5g)", stage.name, ran, best_loss)
+                    log.info("stage %s: early stop after epoch %d (best val %.5g)", stage.name, ran,
+                             best_loss)
                     break
             if best_state is not None:
                 self.model.load_state_dict(best_state)  # also when the stage ended without a final epoch

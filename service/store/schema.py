@@ -1,4 +1,4 @@
-"""Generate `models_store/README.md`: the store layout, the atomic-publish rule and the manifest's JSON Schema.
+"""Generate `models_store/README.md`: store layout, atomic-publish rule and the manifest's JSON Schema.
 
     python -m service.store.schema --write models_store/README.md     (make schema)
     python -m service.store.schema --check models_store/README.md     (exit 1 when it is stale)

@@ -40,8 +40,9 @@ def cfg_file(tmp_path: Path) -> Path:
 
 
 def test_file_values_then_typed_overrides(cfg_file: Path) -> None:
-    spec = resolve(cfg_file, ["--epochs", "5", "--amp=false", "--split", "0.7,0.2,0.1", "--normal_classes", "1,2",
-                              "--lr", "3e-4", "--train.seed", "7", "--model.latent_dim", "4", "--patience", "2"])
+    spec = resolve(cfg_file, ["--epochs", "5", "--amp=false", "--split", "0.7,0.2,0.1",
+                              "--normal_classes", "1,2", "--lr", "3e-4", "--train.seed", "7",
+                              "--model.latent_dim", "4", "--patience", "2"])
     t = spec.train
     assert (t.model, t.data, t.epochs, t.amp, t.seed, t.patience) == ("ae", "synthetic", 5, False, 7, 2)
     assert t.split == (0.7, 0.2, 0.1) and t.normal_classes == (1, 2) and t.lr == 3e-4
@@ -97,7 +98,8 @@ def test_defaults_are_valid() -> None:
     assert TrainConfig().device == "auto"
 
 
-def test_fit_end_to_end_into_a_tmp_store(cfg_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_end_to_end_into_a_tmp_store(cfg_file: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "store"
     rc = cli.main(["fit", str(cfg_file), "--store", str(store), "--run_dir", str(tmp_path / "run"),
                    "--name", "cli-ae", "--model.latent_dim", "2"])
@@ -105,7 +107,8 @@ def test_fit_end_to_end_into_a_tmp_store(cfg_file: Path, tmp_path: Path, capsys:
     assert version_numbers(store / "cli-ae") == [1]
     assert capsys.readouterr().out.strip() == str(store / "cli-ae" / "1")
     m = Manifest.model_validate_json((store / "cli-ae" / "1" / "manifest.json").read_text())
-    assert m.latent.dim == 2 and m.training["config"]["epochs"] == 2 and m.training["model_config"]["hidden"] == [32, 16]
+    assert m.latent.dim == 2 and m.training["config"]["epochs"] == 2
+    assert m.training["model_config"]["hidden"] == [32, 16]
 
 
 def test_cli_bad_flag_exits_2_with_message(cfg_file: Path) -> None:

@@ -64,7 +64,8 @@ def test_every_family_exports_with_parity(name: str, tmp_path: Path, real: np.nd
         np.testing.assert_allclose(ts_out[0].detach().numpy(), ref[0].numpy(), atol=1e-5)
 
 
-def test_sabotaged_export_fails_the_gate(tmp_path: Path, real: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sabotaged_export_fails_the_gate(tmp_path: Path, real: np.ndarray,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """An ONNX file whose weights drifted from the torch module is refused with a clear message."""
     real_export = export._onnx_export
 

@@ -20,6 +20,8 @@ from training.data import split, synthetic
 from training.export import ParityError
 from training.models import REGISTRY
 
+TinySpec = Callable[..., RunSpec]
+
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
@@ -28,7 +30,7 @@ def load_manifest(path: Path) -> Manifest:
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_every_family_publishes_a_valid_manifest(name: str, tmp_path: Path, tiny_spec: Callable[..., RunSpec]) -> None:
+def test_every_family_publishes_a_valid_manifest(name: str, tmp_path: Path, tiny_spec: TinySpec) -> None:
     res = pipeline.run(tiny_spec(name, tmp_path / "store", tmp_path / "run"))
     assert res.path is not None and res.path.name == "1"
     m = load_manifest(res.path)
@@ -49,7 +51,8 @@ def test_every_family_publishes_a_valid_manifest(name: str, tmp_path: Path, tiny
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_failed_parity_refuses_to_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_spec: Callable[..., RunSpec]) -> None:
+def test_failed_parity_refuses_to_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          tiny_spec: TinySpec) -> None:
     real_export = export._onnx_export
 
     def drifted(module: torch.nn.Module, example: torch.Tensor, path: Path, g: object) -> str:
@@ -67,7 +70,8 @@ def test_failed_parity_refuses_to_publish(tmp_path: Path, monkeypatch: pytest.Mo
     assert not any(p.name.startswith(STAGING_PREFIX) for p in (store / "refused").iterdir())
 
 
-def test_threshold_is_the_quantile_of_validation_scores_under_onnxruntime(tmp_path: Path, tiny_spec: Callable[..., RunSpec]) -> None:
+def test_threshold_is_the_quantile_of_validation_scores_under_onnxruntime(tmp_path: Path,
+                                                                         tiny_spec: TinySpec) -> None:
     """Scoring the validation split the way the service will (onnxruntime + service.store.scores) puts
     about (1 - q) of it above the threshold, and the threshold normalises to 0.5."""
     res = pipeline.run(tiny_spec("ae", tmp_path / "store", tmp_path / "run", threshold_quantile=0.9))
@@ -86,7 +90,7 @@ def test_threshold_is_the_quantile_of_validation_scores_under_onnxruntime(tmp_pa
     assert f"n={len(val)}" in spec.rule and "90th percentile" in spec.rule
 
 
-def test_one_class_mode_records_classes_and_auroc(tmp_path: Path, tiny_spec: Callable[..., RunSpec]) -> None:
+def test_one_class_mode_records_classes_and_auroc(tmp_path: Path, tiny_spec: TinySpec) -> None:
     res = pipeline.run(tiny_spec("ae", tmp_path / "store", tmp_path / "run", normal_classes=(0, 1)))
     m = res.manifest
     assert m is not None and m.data.classes == [0, 1]
@@ -106,7 +110,7 @@ def test_fitted_priors_match_the_codes() -> None:
     np.testing.assert_allclose(sorted(gmm.weights), [0.5, 0.5], atol=0.05)
 
 
-def test_publish_false_writes_nothing(tmp_path: Path, tiny_spec: Callable[..., RunSpec]) -> None:
+def test_publish_false_writes_nothing(tmp_path: Path, tiny_spec: TinySpec) -> None:
     res = pipeline.run(tiny_spec("ae", tmp_path / "store", tmp_path / "run", publish=False))
     assert res.path is None and res.manifest is not None
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("manifest.json"))
@@ -118,3 +122,16 @@ def test_tiny_store_fixture(tiny_store: Path) -> None:
             assert version_numbers(tiny_store / name) == [1]
             m = load_manifest(tiny_store / name / "1")
             assert m.name == name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", [n for n in ("ae", "vae", "gan") if n in REGISTRY])
+def test_cuda_bf16_training_still_publishes_with_parity(name: str, tmp_path: Path,
+                                                        tiny_spec: TinySpec) -> None:
+    """On CUDA the trainer uses bf16 autocast with the data on the GPU; export runs in float32 on CPU and
+    the parity gate still holds."""
+    res = pipeline.run(tiny_spec(name, tmp_path / "store", tmp_path / "run", device="cuda", amp=True))
+    assert res.manifest is not None and str(res.manifest.metrics["device"]).startswith("cuda")
+    assert float(res.manifest.metrics["parity_onnx_max_abs_diff"]) <= 1e-4
+    assert np.isfinite(float(res.manifest.metrics["test_recon_mse"]))

@@ -28,8 +28,8 @@ def make(model: str = "ae", seed: int = 0) -> GenerativeModel:
 
 
 def config(**kw: object) -> TrainConfig:
-    values: dict[str, object] = dict(data="synthetic", epochs=4, steps_per_epoch=4, batch_size=32, device="cpu",
-                                     progress=False, patience=10)
+    values: dict[str, object] = dict(data="synthetic", epochs=4, steps_per_epoch=4, batch_size=32,
+                                     device="cpu", progress=False, patience=10)
     values.update(kw)
     return TrainConfig(**values)  # type: ignore[arg-type]
 
@@ -70,7 +70,8 @@ def test_early_stopping_stops_and_restores_best(splits: Splits, tmp_path: Path) 
     lines = read_log(tmp_path)
     assert len(lines) == 3
     # The model ends with the weights of epoch 1, the best one.
-    assert trainer.validation_loss(trainer._to_device(splits.val.x)) == pytest.approx(lines[0]["val_loss"], rel=1e-6)
+    final = trainer.validation_loss(trainer._to_device(splits.val.x))
+    assert final == pytest.approx(lines[0]["val_loss"], rel=1e-6)
 
 
 def test_same_seed_same_weights(splits: Splits, tmp_path: Path) -> None:
@@ -113,7 +114,8 @@ def test_resume_continues_identically(splits: Splits, tmp_path: Path, monkeypatc
 
     torch.manual_seed(12345)  # a different global RNG state: resume must restore its own
     resumed = make(model_name, seed=99)
-    result = Trainer(resumed, config(model=model_name, epochs=3, resume=True), tmp_path / "resumed").fit(splits)
+    trainer = Trainer(resumed, config(model=model_name, epochs=3, resume=True), tmp_path / "resumed")
+    result = trainer.fit(splits)
     assert_same(weights(full), weights(resumed))
     full_log = read_log(tmp_path / "full")
     resumed_log = read_log(tmp_path / "resumed")
