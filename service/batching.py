@@ -2,19 +2,26 @@
 
 One `Batcher` per graph, shared by /v1 and /v2 (it sits behind `Runtime.infer`). It follows Triton's dynamic
 batcher: a request waits at most `max_queue_delay_us` for a batch of up to `max_batch_size` rows to fill, and
-batches run one at a time per graph in the runtime's thread pool (onnxruntime releases the GIL). While a batch
-runs, new requests pile up and form the next one, so a delay of 0 still batches under load and adds no latency
-when idle. The queue is bounded: a full queue raises `QueueFull` at once (the API answers 503 + Retry-After);
-nothing waits forever.
+up to `instances` batches of one graph run at once in the thread pool (onnxruntime releases the GIL). While
+they run, new requests pile up and form the next batch, so a delay of 0 still batches under load and adds no
+latency when idle. Batching off is the same queue with batches of one row-set.
+
+The queue is bounded: a full queue raises `QueueFull` at once (the API answers 503 + Retry-After); nothing
+waits forever, and an execution that fails fails only the requests of its batch.
 
 Only requests with the same input names, dtypes and trailing shapes share a batch, so one malformed request
 can never fail its neighbours' batch. A request bigger than `max_batch_size` runs alone, unsplit.
+
+Work measured to be tiny (below `inline_below_us` predicted from the moving average of compute time per row)
+runs on the event loop instead: handing it to a thread and back costs more than the inference itself. The
+first execution of a graph always goes to the pool, so nothing unmeasured ever blocks the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,11 +39,14 @@ Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Feeds]
 
 
+
 @dataclass(frozen=True)
 class BatchConfig:
-    max_batch_size: int = 64  # rows per execution; a single larger request still runs (alone)
+    max_batch_size: int = 64  # rows per execution (1 = no merging); a single larger request still runs alone
     max_queue_delay_us: int = 0  # how long the oldest request may wait for the batch to fill
     queue_size: int = 1024  # pending requests per graph before QueueFull
+    instances: int = 2  # executions of one graph at once (Triton's instance count), each on a pool thread
+    inline_below_us: float = 0.0  # run on the event loop when the predicted compute is below this (0 = never)
 
 
 class QueueFull(Exception):
@@ -76,11 +86,15 @@ class Batcher:
         self.config = config
         self._executor = executor
         self._model, self._version, self._stats = model, version, stats
+        self._reset(None)
+        self._s_per_row: float | None = None  # moving average of measured compute time per row
+
+    def _reset(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
         self._queue: deque[_Pending] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._drainer: asyncio.Task[None] | None = None
-        # set when a request arrives while the drainer waits for the batch to fill
-        self._arrival: asyncio.Future[None] | None = None
+        self._in_flight = 0  # executions running in the pool
+        self._filling = False  # a task is waiting for a partial batch to fill
+        self._arrival: asyncio.Future[None] | None = None  # wakes that task when a request arrives
 
     @property
     def pending(self) -> int:
@@ -90,7 +104,7 @@ class Batcher:
         """Queue one request and wait for its own rows of the batched result."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (tests restart apps): forget the old one's state
-            self._loop, self._queue, self._drainer, self._arrival = loop, deque(), None, None
+            self._reset(loop)
         if len(self._queue) >= self.config.queue_size:
             raise QueueFull(self._model, self.config.queue_size)
         rows, key = _signature(feeds)
@@ -99,50 +113,57 @@ class Batcher:
         self._count_pending(+1)
         if self._arrival is not None and not self._arrival.done():
             self._arrival.set_result(None)
-        if self._drainer is None or self._drainer.done():
-            self._drainer = loop.create_task(self._drain())
+        self._dispatch()
         return await item.future
 
     def _count_pending(self, delta: int) -> None:
         if self._stats is not None:
             self._stats.pending(self._model, self._version, delta)
 
-    async def _drain(self) -> None:
-        """Form and run batches until the queue is empty (then exit; the next request restarts it)."""
-        try:
-            while self._queue:
-                await self._wait_for_fill()
-                batch = self._take()
-                if batch:
-                    await self._execute(batch)
-        except BaseException as exc:  # never leave a waiter hanging, whatever went wrong
-            err = exc if isinstance(exc, Exception) else RuntimeError("the batcher was stopped")
-            while self._queue:
-                p = self._queue.popleft()
-                self._count_pending(-1)
-                if not p.future.done():
-                    p.future.set_exception(err)
-            raise
+    # --- scheduling (event loop only) -------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Start executions while an instance is free; a partial batch may first wait to fill."""
+        while self._queue and self._in_flight < self.config.instances and not self._filling:
+            if self._should_wait():
+                self._filling = True
+                assert self._loop is not None
+                self._loop.create_task(self._fill())
+                return
+            self._start(self._take())
+
+    def _should_wait(self) -> bool:
+        delay = self.config.max_queue_delay_us / 1e6
+        return delay > 0 and self._rows_ready() < self.config.max_batch_size and \
+            time.perf_counter() < self._queue[0].enqueued + delay
 
     def _rows_ready(self) -> int:
         key = self._queue[0].signature
         return sum(p.rows for p in self._queue if p.signature == key)
 
-    async def _wait_for_fill(self) -> None:
-        delay = self.config.max_queue_delay_us / 1e6
-        if delay <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = self._queue[0].enqueued + delay
-        while self._rows_ready() < self.config.max_batch_size:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                return
-            self._arrival = loop.create_future()
-            try:
-                await asyncio.wait({self._arrival}, timeout=left)
-            finally:
-                self._arrival = None
+    async def _fill(self) -> None:
+        """Wait until the head batch is full or its oldest request has waited max_queue_delay, then run it."""
+        try:
+            delay = self.config.max_queue_delay_us / 1e6
+            while self._queue and self._rows_ready() < self.config.max_batch_size:
+                left = self._queue[0].enqueued + delay - time.perf_counter()
+                if left <= 0:
+                    break
+                assert self._loop is not None
+                self._arrival = self._loop.create_future()
+                try:
+                    await asyncio.wait({self._arrival}, timeout=left)
+                finally:
+                    self._arrival = None
+            if self._queue:
+                self._start(self._take())
+        except BaseException as exc:  # never leave a waiter hanging, whatever went wrong
+            self._fail(list(self._queue), exc)
+            self._count_pending(-len(self._queue))
+            self._queue.clear()
+            raise
+        finally:
+            self._filling = False
+        self._dispatch()
 
     def _take(self) -> list[_Pending]:
         """Pop the oldest request and every later one that fits its batch (same key, row budget)."""
@@ -164,21 +185,50 @@ class Batcher:
                 self._stats.queued(self._model, self._version, now - p.enqueued)
         return live
 
+    def _start(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        limit = self.config.inline_below_us / 1e6
+        rows = sum(p.rows for p in batch)
+        if self._s_per_row is not None and self._s_per_row * max(rows, 1) < limit:
+            # Tiny work: a hand-off to a thread costs more than the inference itself.
+            try:
+                parts = self._run_batch([p.feeds for p in batch])
+            except Exception as exc:
+                self._fail(batch, exc)
+                return
+            self._deliver(batch, parts)
+            return
+        self._in_flight += 1
+        assert self._loop is not None
+        self._loop.create_task(self._execute(batch))
+
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         try:
             parts = await loop.run_in_executor(self._executor, self._run_batch, [p.feeds for p in batch])
-        except BaseException as exc:  # every waiter of the batch gets the error; the drainer keeps going
-            err = exc if isinstance(exc, Exception) else RuntimeError("the batcher was stopped")
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(err)
-            if err is not exc:
+        except BaseException as exc:  # every waiter of the batch gets the error; the scheduler keeps going
+            self._fail(batch, exc)
+            if not isinstance(exc, Exception):
                 raise
-            return
+        else:
+            self._deliver(batch, parts)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+
+    @staticmethod
+    def _deliver(batch: list[_Pending], parts: list[Feeds]) -> None:
         for p, out in zip(batch, parts, strict=True):
             if not p.future.done():
                 p.future.set_result(out)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: BaseException) -> None:
+        err = exc if isinstance(exc, Exception) else RuntimeError("the batcher was stopped")
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(err)
 
     def _run_batch(self, feeds: list[Feeds]) -> list[Feeds]:
         """Worker thread: concatenate, run once, split back into per-request outputs."""
@@ -189,8 +239,11 @@ class Batcher:
         rows = [_signature(f)[0] for f in feeds]
         start = time.perf_counter()
         out = self._run(merged)
+        took = time.perf_counter() - start
+        per_row = took / max(sum(rows), 1)
+        self._s_per_row = per_row if self._s_per_row is None else 0.8 * self._s_per_row + 0.2 * per_row
         if self._stats is not None:
-            self._stats.execution(self._model, self._version, sum(rows), time.perf_counter() - start)
+            self._stats.execution(self._model, self._version, sum(rows), took)
         if len(feeds) == 1:
             return [out]
         total = sum(rows)
@@ -201,9 +254,19 @@ class Batcher:
         return [{n: a[bounds[i]:bounds[i + 1]] for n, a in out.items()} for i in range(len(feeds))]
 
 
+def default_instances() -> int:
+    """Concurrent executions per graph: one per core (sessions use one intra-op thread), 2 to 8."""
+    return max(2, min(8, os.cpu_count() or 2))
+
+
 def batch_config_from(settings: Any) -> BatchConfig:
-    """The batcher knobs of a `Settings` object."""
-    return BatchConfig(settings.max_batch_size, settings.max_queue_delay_us, settings.queue_size)
+    """The batcher knobs of a `Settings` object. Batching off is the same queue with batches of one."""
+    instances = settings.batch_instances or default_instances()
+    inline = settings.inline_below_us
+    if not settings.batching:
+        return BatchConfig(1, 0, settings.queue_size, instances, inline)
+    return BatchConfig(settings.max_batch_size, settings.max_queue_delay_us, settings.queue_size, instances,
+                       inline)
 
 
 class _Session(Protocol):
@@ -220,14 +283,6 @@ def session_runner(sess: _Session) -> RunFn:
         return dict(zip(names, sess.run(feeds), strict=True))
 
     return run
-
-
-def run_timed(sess: _Session, feeds: Feeds, stats: InferenceStats, model: str, version: str) -> Feeds:
-    """The unbatched path: one execution per request, recorded like a batch of its rows."""
-    start = time.perf_counter()
-    outs = session_runner(sess)(feeds)
-    stats.execution(model, version, max(_signature(feeds)[0], 1), time.perf_counter() - start)
-    return outs
 
 
 class BatcherPool:

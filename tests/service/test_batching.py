@@ -116,7 +116,7 @@ def test_full_queue_rejects_at_once_and_nothing_hangs() -> None:
 
     async def main() -> None:
         with ThreadPoolExecutor(1) as pool:
-            b = Batcher(slow, BatchConfig(1, 0, 2), pool, model="m.g")
+            b = Batcher(slow, BatchConfig(1, 0, 2, instances=1), pool, model="m.g")
             first = asyncio.ensure_future(b.infer({"x": np.ones((1, 2), np.float32)}))
             while not started.is_set():  # the first request is executing, the queue is empty again
                 await asyncio.sleep(0.001)
@@ -157,6 +157,56 @@ def test_cancelled_waiter_does_not_break_the_batch(session: ort.InferenceSession
         np.testing.assert_allclose(out["y"], _runner(session)({"x": x * 2})["y"], rtol=1e-5)
 
     asyncio.run(main())
+
+
+def test_instances_run_batches_side_by_side() -> None:
+    """Two instances: two executions overlap (each waits for the other at a barrier)."""
+    barrier = threading.Barrier(2, timeout=5)
+
+    def meet(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        barrier.wait()
+        return {"y": feeds["x"]}
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        with ThreadPoolExecutor(4) as pool:
+            b = Batcher(meet, BatchConfig(1, 0, 8, instances=2), pool)
+            return await asyncio.wait_for(asyncio.gather(
+                b.infer({"x": np.zeros((1, 1), np.float32)}), b.infer({"x": np.ones((1, 1), np.float32)})), 10)
+
+    a, b = asyncio.run(main())
+    assert float(a["y"][0, 0]) == 0.0 and float(b["y"][0, 0]) == 1.0
+
+
+def test_tiny_work_runs_inline_after_it_was_measured(session: ort.InferenceSession) -> None:
+    threads: list[int] = []
+    run = _runner(session)
+
+    def spy(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return run(feeds)
+
+    async def main(limit_us: float) -> None:
+        b = Batcher(spy, BatchConfig(8, 0, 16, inline_below_us=limit_us))
+        x = np.ones((1, 8), np.float32)
+        for _ in range(3):
+            np.testing.assert_allclose((await b.infer({"x": x}))["y"], run({"x": x})["y"], rtol=1e-6)
+
+    loop_thread = threading.get_ident()
+    asyncio.run(main(1e9))  # everything is "tiny": only the first, unmeasured, run leaves the loop
+    assert threads[0] != loop_thread and threads[1:] == [loop_thread, loop_thread]
+    threads.clear()
+    asyncio.run(main(0.0))  # inline off: always the pool
+    assert loop_thread not in threads
+
+
+def test_settings_map_to_batch_configs() -> None:
+    from service.batching import batch_config_from
+    from service.settings import Settings
+
+    off = batch_config_from(Settings(batching=False, queue_size=7, batch_instances=3))
+    assert (off.max_batch_size, off.max_queue_delay_us, off.queue_size, off.instances) == (1, 0, 7, 3)
+    on = batch_config_from(Settings(batching=True, max_batch_size=32, max_queue_delay_us=250))
+    assert (on.max_batch_size, on.max_queue_delay_us) == (32, 250) and on.instances >= 2
 
 
 def test_onnx_helper_graph_is_valid() -> None:
