@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-import anyio.to_thread
 import numpy as np
 
-from service.batching import BatcherPool, QueueFull, batch_config_from, run_timed
+from service.batching import BatcherPool, QueueFull, batch_config_from
 from service.errors import InferenceFailed, InvalidInput, Overloaded
 from service.metrics import InferenceStats
 from service.settings import Settings
@@ -86,7 +85,7 @@ class Runtime:
         self.settings = settings
         self._sessions: dict[SessionKey, GraphSession] = {}
         self.stats = stats or InferenceStats()  # Triton-named metrics, labelled by V2 name <model>.<graph>
-        self._batchers = BatcherPool(batch_config_from(settings), self.stats)  # used when settings.batching
+        self._batchers = BatcherPool(batch_config_from(settings), self.stats)  # one queue per graph
 
     def prepare(self, mv: ModelVersion) -> None:
         """Create the sessions of every graph of `mv` (idempotent). Raises when a graph cannot be loaded."""
@@ -146,13 +145,8 @@ class Runtime:
         if missing:
             self.stats.request(label, version, 0.0, reason="OTHER")
             raise InvalidInput(f"graph {graph!r} needs inputs {sorted(missing)}")
-        try:
-            if self.settings.batching:  # merged with concurrent requests to this graph (service.batching)
-                out = await self._batchers.get((mv.name, mv.version, graph), sess, label, version).infer(
-                    feeds
-                )
-            else:
-                out = await anyio.to_thread.run_sync(run_timed, sess, feeds, self.stats, label, version)
+        try:  # batching off is the same bounded queue with batches of one (service.batching)
+            out = await self._batchers.get((mv.name, mv.version, graph), sess, label, version).infer(feeds)
         except QueueFull as exc:
             self.stats.request(label, version, time.perf_counter() - start, reason="REJECTED")
             raise Overloaded(str(exc), exc.retry_after_s) from exc

@@ -32,7 +32,13 @@ class Settings(BaseSettings):
     batching: bool = False
     max_batch_size: int = Field(default=64, ge=1)
     max_queue_delay_us: int = Field(default=500, ge=0)
-    queue_size: int = Field(default=1024, ge=1)
+    queue_size: int = Field(default=1024, ge=1, description="pending requests per graph before 503")
+    batch_instances: int | None = Field(
+        default=None, ge=1, description="executions of one graph at once; None: one per core, 2 to 8"
+    )
+    inline_below_us: float = Field(
+        default=100.0, ge=0, description="predicted compute below this runs on the event loop (0 = never)"
+    )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_items: int = Field(default=256, ge=1, description="images or latents per request")
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="declared W*H above this is refused")
