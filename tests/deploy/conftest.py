@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from deploykit import start_replica, tiny_store
+from deploykit import onnx_store, start_replica
 
-__all__ = ["start_replica", "tiny_store"]
+__all__ = ["onnx_store", "start_replica"]

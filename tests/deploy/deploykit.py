@@ -139,8 +139,8 @@ def publish(root: Path, name: str = MODEL, version: int | None = None, latent: i
 
 
 @pytest.fixture
-def tiny_store(tmp_path: Path) -> Path:
-    """A fresh store with one model (`tiny-ae`) at version 1."""
+def onnx_store(tmp_path: Path) -> Path:
+    """A fresh torch-free store with one model (`tiny-ae`, hand-built ONNX graphs) at version 1."""
     pytest.importorskip("onnx", reason="building the test graphs needs onnx (dev extra)")
     root = tmp_path / "models_store"
     publish(root, MODEL, 1)

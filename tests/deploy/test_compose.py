@@ -321,14 +321,14 @@ def test_copied_sources_exist_and_are_not_dockerignored(dockerfile: tuple) -> No
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_image_healthcheck_command_against_a_replica(
-    dockerfile: tuple, tiny_store: Path, start_replica: Callable
+    dockerfile: tuple, onnx_store: Path, start_replica: Callable
 ) -> None:
     """The exact HEALTHCHECK command exits 0 on a ready replica and non-zero where nothing answers."""
     import os
 
     _, stages = dockerfile
     argv = exec_form(stages["serve"].last("HEALTHCHECK").partition("CMD ")[2])
-    _, url = start_replica(tiny_store, "hc")
+    _, url = start_replica(onnx_store, "hc")
     port = url.rsplit(":", 1)[1]
     ok = subprocess.run([PYTHON, *argv[1:]], env={**os.environ, "LATENTSERVE_PORT": port}, timeout=30)
     assert ok.returncode == 0

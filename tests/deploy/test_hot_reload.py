@@ -35,10 +35,10 @@ def _latest(client: httpx.Client | TestClient) -> int:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_publish_under_load_is_served_within_the_poll_interval(
-    tiny_store: Path, start_replica: Callable
+    onnx_store: Path, start_replica: Callable
 ) -> None:
     interval = 1.0
-    _, url = start_replica(tiny_store, "hot", LATENTSERVE_RELOAD_INTERVAL_S=str(interval))
+    _, url = start_replica(onnx_store, "hot", LATENTSERVE_RELOAD_INTERVAL_S=str(interval))
     failures: list[str] = []
     count = 0
     done = threading.Event()
@@ -70,7 +70,7 @@ def test_publish_under_load_is_served_within_the_poll_interval(
         with httpx.Client(base_url=url, timeout=10) as c:
             assert _latest(c) == 1
             published_at = time.monotonic()
-            publish(tiny_store, MODEL, 2)  # staging folder + fsync + rename, as training.publish does
+            publish(onnx_store, MODEL, 2)  # staging folder + fsync + rename, as training.publish does
             seen_after = None
             while time.monotonic() - published_at < interval + 10:
                 if _latest(c) == 2:
@@ -99,22 +99,22 @@ def test_publish_under_load_is_served_within_the_poll_interval(
 # --- the poller, in process: reloads only when the store changed -----------------------------------------
 
 
-def test_fingerprint_sees_publish_and_removal_but_not_staging(tiny_store: Path) -> None:
-    before = fingerprint(tiny_store)
-    assert fingerprint(tiny_store) == before
-    staging = tiny_store / MODEL / f"{STAGING_PREFIX}half"
+def test_fingerprint_sees_publish_and_removal_but_not_staging(onnx_store: Path) -> None:
+    before = fingerprint(onnx_store)
+    assert fingerprint(onnx_store) == before
+    staging = onnx_store / MODEL / f"{STAGING_PREFIX}half"
     staging.mkdir()
     (staging / "manifest.json").write_text("{}")
-    assert fingerprint(tiny_store) == before, "a publish in progress is invisible"
+    assert fingerprint(onnx_store) == before, "a publish in progress is invisible"
     shutil.rmtree(staging)
-    publish(tiny_store, MODEL, 2)
-    after = fingerprint(tiny_store)
+    publish(onnx_store, MODEL, 2)
+    after = fingerprint(onnx_store)
     assert after != before and [v for _, v, _ in after] == [1, 2]
-    shutil.rmtree(tiny_store / MODEL / "1")
-    assert [v for _, v, _ in fingerprint(tiny_store)] == [2]
+    shutil.rmtree(onnx_store / MODEL / "1")
+    assert [v for _, v, _ in fingerprint(onnx_store)] == [2]
 
 
-def test_poll_rescans_only_on_change(tiny_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_poll_rescans_only_on_change(onnx_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = 0
     original = ModelStore.reload
 
@@ -124,12 +124,12 @@ def test_poll_rescans_only_on_change(tiny_store: Path, monkeypatch: pytest.Monke
         return original(self)
 
     monkeypatch.setattr(ModelStore, "reload", counting)
-    app = create_app(Settings(store=tiny_store, reload_interval_s=0.05))
+    app = create_app(Settings(store=onnx_store, reload_interval_s=0.05))
     with TestClient(app) as client:
         opened = calls  # the open itself
         time.sleep(0.4)  # ~8 polls, nothing changed
         assert calls == opened, "an unchanged store is not rescanned"
-        publish(tiny_store, MODEL, 2)
+        publish(onnx_store, MODEL, 2)
         deadline = time.monotonic() + 5
         while _latest(client) != 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -137,11 +137,11 @@ def test_poll_rescans_only_on_change(tiny_store: Path, monkeypatch: pytest.Monke
         assert calls == opened + 1
 
 
-def test_a_broken_publish_keeps_serving_what_was_there(tiny_store: Path) -> None:
-    app = create_app(Settings(store=tiny_store, reload_interval_s=0.05))
+def test_a_broken_publish_keeps_serving_what_was_there(onnx_store: Path) -> None:
+    app = create_app(Settings(store=onnx_store, reload_interval_s=0.05))
     with TestClient(app) as client:
-        publish(tiny_store, MODEL, 2)
-        (tiny_store / MODEL / "2" / "decoder.onnx").write_bytes(b"corrupted after publish")
+        publish(onnx_store, MODEL, 2)
+        (onnx_store / MODEL / "2" / "decoder.onnx").write_bytes(b"corrupted after publish")
         deadline = time.monotonic() + 5
         problems: list = []
         while not problems and time.monotonic() < deadline:
@@ -156,10 +156,10 @@ def test_a_broken_publish_keeps_serving_what_was_there(tiny_store: Path) -> None
 # --- the admin reload call --------------------------------------------------------------------------------
 
 
-def test_admin_reload_needs_the_admin_key(tiny_store: Path) -> None:
-    app = create_app(Settings(store=tiny_store, admin_key=ADMIN, api_keys=["user-key"]))
+def test_admin_reload_needs_the_admin_key(onnx_store: Path) -> None:
+    app = create_app(Settings(store=onnx_store, admin_key=ADMIN, api_keys=["user-key"]))
     with TestClient(app) as client:
-        publish(tiny_store, MODEL, 2)
+        publish(onnx_store, MODEL, 2)
         auth = {"Authorization": "Bearer user-key"}
         assert client.get(f"/v1/models/{MODEL}", headers=auth).json()["latest"] == 1  # no polling here
 
@@ -176,16 +176,16 @@ def test_admin_reload_needs_the_admin_key(tiny_store: Path) -> None:
         assert body["models"] == {MODEL: [1, 2]} and body["problems"] == []
         assert client.get(f"/v1/models/{MODEL}", headers=auth).json()["latest"] == 2
 
-        shutil.rmtree(tiny_store / MODEL / "1")
+        shutil.rmtree(onnx_store / MODEL / "1")
         r = client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
         assert r.json()["removed"] == [f"{MODEL}/1"]
         assert client.get(f"/v1/models/{MODEL}/versions/1", headers=auth).status_code == 404
         assert "/admin/reload" in client.get("/openapi.json", headers=auth).json()["paths"]
 
 
-def test_admin_reload_does_not_exist_without_an_admin_key(tiny_store: Path) -> None:
+def test_admin_reload_does_not_exist_without_an_admin_key(onnx_store: Path) -> None:
     for key in (None, ""):
-        app = create_app(Settings(store=tiny_store, admin_key=key))
+        app = create_app(Settings(store=onnx_store, admin_key=key))
         with TestClient(app) as client:
             for headers in ({}, {"Authorization": "Bearer anything"}):
                 assert client.post("/admin/reload", headers=headers).status_code == 404

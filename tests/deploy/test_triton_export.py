@@ -56,10 +56,10 @@ def _assert_matches(cfg, model_onnx: Path) -> None:
     assert [o.shape for o in outs] == [(3, *t.dims) for t in cfg.output]
 
 
-def test_export_writes_a_valid_triton_repository(tiny_store: Path, tmp_path: Path) -> None:
-    publish(tiny_store, MODEL, 2)
+def test_export_writes_a_valid_triton_repository(onnx_store: Path, tmp_path: Path) -> None:
+    publish(onnx_store, MODEL, 2)
     out = tmp_path / "triton"
-    done = export_repository(tiny_store, out, TritonOptions(max_batch_size=32, max_queue_delay_us=500))
+    done = export_repository(onnx_store, out, TritonOptions(max_batch_size=32, max_queue_delay_us=500))
 
     assert sorted(e.name for e in done) == [f"{MODEL}.decoder", f"{MODEL}.encoder"]
     # no staging or old folder left behind
@@ -75,14 +75,14 @@ def test_export_writes_a_valid_triton_repository(tiny_store: Path, tmp_path: Pat
         assert sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir()) == [1, 2]
         for v in (1, 2):
             exported = model_dir / str(v) / "model.onnx"
-            assert sha256_file(exported) == sha256_file(tiny_store / MODEL / str(v) / f"{graph}.onnx")
+            assert sha256_file(exported) == sha256_file(onnx_store / MODEL / str(v) / f"{graph}.onnx")
             _assert_matches(cfg, exported)
 
 
-def test_exported_graph_runs_with_the_configured_batch(tiny_store: Path, tmp_path: Path) -> None:
+def test_exported_graph_runs_with_the_configured_batch(onnx_store: Path, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "triton"
-    export_repository(tiny_store, out, TritonOptions(max_batch_size=16))
+    export_repository(onnx_store, out, TritonOptions(max_batch_size=16))
     cfg = _parse(out / f"{MODEL}.decoder" / "config.pbtxt")
     sess = ort.InferenceSession(str(out / f"{MODEL}.decoder" / "1" / "model.onnx"))
     z = np.zeros((cfg.max_batch_size, *cfg.input[0].dims), np.float32)
@@ -90,39 +90,39 @@ def test_exported_graph_runs_with_the_configured_batch(tiny_store: Path, tmp_pat
     assert y.shape == (cfg.max_batch_size, *cfg.output[0].dims)
 
 
-def test_older_version_with_another_signature_is_left_out(tiny_store: Path, tmp_path: Path) -> None:
-    publish(tiny_store, MODEL, 2, latent=3)  # a retrain with another latent dim: Triton allows one signature
+def test_older_version_with_another_signature_is_left_out(onnx_store: Path, tmp_path: Path) -> None:
+    publish(onnx_store, MODEL, 2, latent=3)  # a retrain with another latent dim: Triton allows one signature
     out = tmp_path / "triton"
-    export_repository(tiny_store, out)
+    export_repository(onnx_store, out)
     cfg = _parse(out / f"{MODEL}.decoder" / "config.pbtxt")
     assert list(cfg.input[0].dims) == [3]
     assert sorted(p.name for p in (out / f"{MODEL}.decoder").iterdir() if p.is_dir()) == ["2"]
 
 
-def test_latest_only_and_re_export_replaces(tiny_store: Path, tmp_path: Path) -> None:
-    publish(tiny_store, MODEL, 2)
+def test_latest_only_and_re_export_replaces(onnx_store: Path, tmp_path: Path) -> None:
+    publish(onnx_store, MODEL, 2)
     out = tmp_path / "triton"
-    export_repository(tiny_store, out)
-    export_repository(tiny_store, out, TritonOptions(all_versions=False))
+    export_repository(onnx_store, out)
+    export_repository(onnx_store, out, TritonOptions(all_versions=False))
     model_dir = out / f"{MODEL}.encoder"
     assert sorted(p.name for p in model_dir.iterdir()) == ["2", "config.pbtxt"]
     assert _parse(model_dir / "config.pbtxt").version_policy.latest.num_versions == 1
 
 
-def test_corrupt_file_is_refused_and_nothing_half_written(tiny_store: Path, tmp_path: Path) -> None:
-    (tiny_store / MODEL / "1" / "decoder.onnx").write_bytes(b"not the published graph")
+def test_corrupt_file_is_refused_and_nothing_half_written(onnx_store: Path, tmp_path: Path) -> None:
+    (onnx_store / MODEL / "1" / "decoder.onnx").write_bytes(b"not the published graph")
     out = tmp_path / "triton"
     with pytest.raises(ExportError, match="sha256"):
-        export_repository(tiny_store, out)
+        export_repository(onnx_store, out)
     assert not any(p.name.startswith(".staging") for p in out.iterdir())
     assert not (out / f"{MODEL}.decoder").exists()
 
 
-def test_empty_store_and_unknown_model_are_errors(tmp_path: Path, tiny_store: Path) -> None:
+def test_empty_store_and_unknown_model_are_errors(tmp_path: Path, onnx_store: Path) -> None:
     with pytest.raises(ExportError, match="nothing to export"):
         export_repository(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ExportError, match="no-such-model"):
-        export_repository(tiny_store, tmp_path / "out", models=["no-such-model"])
+        export_repository(onnx_store, tmp_path / "out", models=["no-such-model"])
 
 
 def test_config_text_is_stable() -> None:
@@ -137,10 +137,10 @@ def test_config_text_is_stable() -> None:
         "vae-mnist.decoder", 8, [16], [1, 28, 28])
 
 
-def test_cli_export_triton(tiny_store: Path, tmp_path: Path) -> None:
+def test_cli_export_triton(onnx_store: Path, tmp_path: Path) -> None:
     """`python -m training export-triton` is the documented entry point (the trainer CLI dispatches to it)."""
     out = tmp_path / "triton"
-    cmd = [PYTHON, "-m", "training", "export-triton", "--store", str(tiny_store), "--out", str(out)]
+    cmd = [PYTHON, "-m", "training", "export-triton", "--store", str(onnx_store), "--out", str(out)]
     r = subprocess.run([*cmd, "--max-batch-size", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _parse(out / f"{MODEL}.encoder" / "config.pbtxt").max_batch_size == 4
@@ -160,12 +160,12 @@ def _docs_snippet() -> str:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_docs_tritonclient_snippet_runs_against_us_and_matches_the_export(
-    tiny_store: Path, tmp_path: Path, start_replica: Callable
+    onnx_store: Path, tmp_path: Path, start_replica: Callable
 ) -> None:
     """The documented tritonclient snippet runs unchanged (but for host and model) against a live replica,
     and the tensor names and dims it reads from our V2 metadata are those of the Triton export."""
     pytest.importorskip("tritonclient.http")
-    _, url = start_replica(tiny_store, "v2")
+    _, url = start_replica(onnx_store, "v2")
     code = _docs_snippet()
     assert 'url="localhost:8000"' in code and 'model = "vae-digits.decoder"' in code
     code = code.replace('url="localhost:8000"', f'url="{url.removeprefix("http://")}"')
@@ -175,7 +175,7 @@ def test_docs_tritonclient_snippet_runs_against_us_and_matches_the_export(
     assert scope["images"].shape == (4, 1, 8, 8)
     assert float(scope["images"].min()) >= 0.0 and float(scope["images"].max()) <= 1.0
 
-    export_repository(tiny_store, tmp_path / "triton")
+    export_repository(onnx_store, tmp_path / "triton")
     cfg = _parse(tmp_path / "triton" / f"{MODEL}.decoder" / "config.pbtxt")
     z_spec, x_spec = scope["z_spec"], scope["x_spec"]
     assert (z_spec["name"], x_spec["name"]) == (cfg.input[0].name, cfg.output[0].name)
@@ -198,11 +198,11 @@ def test_shipped_zoo_exports_to_a_valid_repository(tmp_path: Path) -> None:
             _assert_matches(cfg, e.path / str(v) / "model.onnx")
 
 
-def test_a_manifest_that_lies_about_the_graph_is_refused(tiny_store: Path, tmp_path: Path) -> None:
+def test_a_manifest_that_lies_about_the_graph_is_refused(onnx_store: Path, tmp_path: Path) -> None:
     from service.store import GraphSpec, TensorSpec
     from training.triton import check_onnx_signature
 
-    graph = tiny_store / MODEL / "1" / "decoder.onnx"
+    graph = onnx_store / MODEL / "1" / "decoder.onnx"
     good = GraphSpec(file="decoder.onnx", inputs=[TensorSpec(name="z", shape=[-1, 2])],
                      outputs=[TensorSpec(name="x_hat", shape=[-1, 1, 8, 8])])
     check_onnx_signature("ok", graph, good)
