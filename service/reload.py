@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.errors import Unauthorized
+from service.errors import ServiceError, Unauthorized
 from service.security import KeyRing, parse_keys
 from service.store.layout import model_names, version_numbers
 from service.store.repository import ModelStore
@@ -83,6 +83,10 @@ def _lock(app: FastAPI) -> asyncio.Lock:
 async def reload_store(app: FastAPI) -> ReloadResponse:
     """Rescan the store in a worker thread (one reload at a time) and drop sessions of removed versions."""
     store: ModelStore = app.state.store
+    if not store.root.is_dir():  # an unmounted volume must not look like an empty store
+        raise ServiceError(
+            f"models store {store.root} is not a directory; still serving the previous snapshot", status=503
+        )
     async with _lock(app):
         before = _served(store)
         await anyio.to_thread.run_sync(store.reload)
@@ -103,9 +107,16 @@ async def poll(app: FastAPI, every_s: float) -> None:
     """Reload whenever the store's fingerprint changes; runs until cancelled. Errors keep the old store."""
     store: ModelStore = app.state.store
     last = await anyio.to_thread.run_sync(fingerprint, store.root)
+    missing = False
     while True:
         await asyncio.sleep(every_s)
         try:
+            if not store.root.is_dir():  # e.g. a volume unmounted: keep serving, say so once
+                if not missing:
+                    log.warning("models store %s is gone; serving the previous snapshot", store.root)
+                missing = True
+                continue
+            missing = False
             now = await anyio.to_thread.run_sync(fingerprint, store.root)
             if now != last:
                 await reload_store(app)
@@ -150,7 +161,6 @@ def admin_router(admin_key: Any) -> APIRouter | None:
         return JSONResponse(result.model_dump())
 
     return router
-
 
 
 __all__ = ["Fingerprint", "ReloadResponse", "admin_router", "fingerprint", "poll", "polling", "reload_store"]

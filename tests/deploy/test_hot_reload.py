@@ -208,3 +208,15 @@ def test_admin_route_checks_the_key_itself() -> None:
     with TestClient(bare) as client:
         assert client.post("/admin/reload").status_code == 401
         assert client.post("/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_a_vanished_store_root_keeps_the_snapshot(onnx_store: Path, tmp_path: Path) -> None:
+    """An unmounted volume (the root disappears) must not empty the service: the reload is refused."""
+    app = create_app(Settings(store=onnx_store, admin_key=ADMIN, reload_interval_s=0.05))
+    with TestClient(app) as client:
+        onnx_store.rename(tmp_path / "elsewhere")
+        time.sleep(0.3)  # several polls see no root
+        assert _latest(client) == 1
+        r = client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 503 and "not a directory" in r.json()["detail"]
+        assert _latest(client) == 1
