@@ -157,6 +157,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    path = request.url.path
+    if path == "/v2" or path.startswith("/v2/"):  # V2 error shape (issue 8 fuzzing)
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, dict(exc.headers or {}))
     title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
     return problem_response(
         request, exc.status_code, "about:blank", title, str(exc.detail), dict(exc.headers or {})

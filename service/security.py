@@ -192,18 +192,18 @@ class AccessGuard:
         await send_error(scope, send, 401, detail, headers)
 
 
-# ---- OpenAPI: say what the guard does, so /docs and schema-driven clients (and fuzzers) agree with it ----
+# ---- OpenAPI: state what the boundary answers, so /docs, schema clients and fuzzers agree with it ----
 
-_V2_ERROR = {
+_V2_ERROR: dict[str, Any] = {
     "type": "object",
     "title": "V2Error",
     "required": ["error"],
     "properties": {"error": {"type": "string"}},
 }
-_PROBLEM = {
+_PROBLEM: dict[str, Any] = {
     "type": "object",
     "title": "Problem",
-    "description": "RFC 9457 problem details",
+    "description": "RFC 9457 problem details; extension members (e.g. `errors`, `limit`) may follow",
     "required": ["type", "title", "status"],
     "properties": {
         "type": {"type": "string"},
@@ -213,6 +213,15 @@ _PROBLEM = {
         "instance": {"type": "string"},
     },
 }
+_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
+
+#: What the middleware in front of every route can answer, whatever the handler declares.
+_BOUNDARY_ERRORS = {
+    "413": "Request body above max_body_bytes (or too many items, or too many image pixels)",
+    "504": "Not answered within request_timeout_s",
+}
+_BODY_ERRORS = {"408": "Request body not received within request_timeout_s"}
+_NAME_IN_PATH_DOC = re.compile(r"^/(v1/models|v2/models|v2/repository/models)/\{")
 
 
 def error_response_doc(path: str, description: str) -> dict[str, Any]:
@@ -222,9 +231,35 @@ def error_response_doc(path: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/problem+json": {"schema": _PROBLEM}}}
 
 
-def document_access(app: FastAPI, api_keys: Any = None, admin_key: Any = None) -> None:
-    """Wrap `app.openapi` so the document states the bearer schemes, the 401s, the 404 for invalid model
-    names, and drops the admin routes while they are off."""
+def _document_operation(path: str, method: str, op: dict[str, Any], zone: Zone, has_api: bool) -> None:
+    responses: dict[str, Any] = op.setdefault("responses", {})
+    if path.startswith("/v1"):
+        # Every /v1 error is rendered by one handler as problem+json, whatever model a route declared.
+        for code, resp in responses.items():
+            if code[:1] in "45":
+                resp["content"] = error_response_doc(path, "")["content"]
+    elif is_v2(path) and "422" in responses:
+        responses["422"]["content"] = error_response_doc(path, "")["content"]  # V2Route answers 400 anyway
+    if path.startswith(("/v1", "/v2")):
+        for code, text in _BOUNDARY_ERRORS.items():
+            responses.setdefault(code, error_response_doc(path, text))
+        if "requestBody" in op:
+            for code, text in _BODY_ERRORS.items():
+                responses.setdefault(code, error_response_doc(path, text))
+    if "{" in path and _NAME_IN_PATH_DOC.match(path):
+        responses.setdefault("404", error_response_doc(path, "Unknown or invalid model name"))
+    if zone == "admin" or (zone == "inference" and has_api):
+        op["security"] = [{"adminKey" if zone == "admin" else "apiKey": []}]
+        responses.setdefault("401", error_response_doc(path, "Missing or wrong key"))
+
+
+def _bearer(env: str) -> dict[str, str]:
+    return {"type": "http", "scheme": "bearer", "description": f"one of the keys in {env}"}
+
+
+def document_boundary(app: FastAPI, api_keys: Any = None, admin_key: Any = None) -> None:
+    """Wrap `app.openapi` so the document states the bearer schemes and every error the boundary can answer
+    (401, 404 for invalid names, 408, 413, 504, problem+json on /v1), and drops the admin routes while off."""
     original: Callable[[], dict[str, Any]] = app.openapi
     has_api = bool(parse_keys(api_keys))
     has_admin = bool(parse_keys(admin_key))
@@ -240,14 +275,8 @@ def document_access(app: FastAPI, api_keys: Any = None, admin_key: Any = None) -
                 del paths[path]
                 continue
             for method, op in paths[path].items():
-                if method not in {"get", "put", "post", "delete", "patch", "head", "options"}:
-                    continue
-                responses = op.setdefault("responses", {})
-                if "{" in path and _NAME_IN_PATH_DOC.match(path):
-                    responses.setdefault("404", error_response_doc(path, "Unknown or invalid model name"))
-                if zone == "admin" or (zone == "inference" and has_api):
-                    op["security"] = [{"adminKey" if zone == "admin" else "apiKey": []}]
-                    responses.setdefault("401", error_response_doc(path, "Missing or wrong key"))
+                if method in _METHODS:
+                    _document_operation(path, method, op, zone, has_api)
         if has_api or has_admin:
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
             if has_api:
@@ -260,14 +289,7 @@ def document_access(app: FastAPI, api_keys: Any = None, admin_key: Any = None) -
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _bearer(env: str) -> dict[str, str]:
-    return {"type": "http", "scheme": "bearer", "description": f"one of the keys in {env}"}
-
-
-_NAME_IN_PATH_DOC = re.compile(r"^/(v1/models|v2/models|v2/repository/models)/\{")
-
-
 def install(app: FastAPI, settings: Any) -> None:
-    """Add the access guard to `app` and document it. Call after the routers are included."""
+    """Add the access guard to `app` and document the boundary. Call after `limits.install`."""
     app.add_middleware(AccessGuard, api_keys=settings.api_keys, admin_key=settings.admin_key)
-    document_access(app, settings.api_keys, settings.admin_key)
+    document_boundary(app, settings.api_keys, settings.admin_key)
