@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.browser
+# Each test drives a real browser against a real server: seconds each, so `slow` as well as `browser`.
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # Reads each canvas back as grey levels in [0, 1]: (width, height, values) per canvas.
 CANVAS_PIXELS = """(canvases) => canvases.map((c) => {
