@@ -183,7 +183,7 @@ def _finish(model: GenerativeModel, spec: RunSpec, splits: Splits, data: ImageSe
         "split": splits.describe(), "stages": [vars(s) for s in fit.stages],
     }
     data_spec = DataSpec(
-        dataset=data.name, shape=tuple(data.shape),
+        dataset=data.name, shape=data.shape,
         preprocessing=f"{data.name} pixels as float32 scaled to [0, 1], shape [C, H, W]; "
                       "no mean/std normalisation",
         classes=list(splits.normal_classes) if splits.normal_classes is not None else None,

@@ -33,7 +33,7 @@ BASE_TRAIN: dict[str, Any] = dict(data=DATASET, seed=0, split=(0.8, 0.1, 0.1), e
 BASE_MODEL: dict[str, Any] = dict(hidden=(128, 64))
 #: Per registry name: (train overrides, model overrides). Names missing here use the base settings.
 ZOO_TUNING: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "gan": ({"epochs": 80}, {"encoder_epochs": 40}),
+    "gan": ({"epochs": 200}, {"encoder_epochs": 100}),  # adversarial training needs longer; no early stop
     "aae": ({"epochs": 80}, {}),
 }
 KEY_METRICS = ("test_recon_mse", "nll_is", "val_loss", "epochs_run", "train_seconds",

@@ -89,3 +89,22 @@ def test_parity_checks_real_and_random_inputs_at_two_batch_sizes(real: np.ndarra
     enc_cases = export.parity_inputs("encoder", graphs["encoder"], model, real)
     assert [tuple(x.shape) for _, x in enc_cases] == [(1, 1, 8, 8), (7, 1, 8, 8), (1, 1, 8, 8), (32, 1, 8, 8)]
     np.testing.assert_array_equal(enc_cases[3][1].numpy(), real[:32])
+
+
+@pytest.mark.slow
+def test_falls_back_to_the_dynamo_exporter(tmp_path: Path, real: np.ndarray,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the TorchScript-based ONNX exporter goes away, the torch.export one takes over and passes parity."""
+    original = torch.onnx.export
+
+    def no_legacy(*args: object, **kwargs: object) -> object:
+        if kwargs.get("dynamo") is False:
+            raise RuntimeError("legacy exporter removed")
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.onnx, "export", no_legacy)
+    out = export_model(tiny("ae"), tmp_path, real)
+    assert out.metrics["onnx_exporter"] == "dynamo"
+    assert float(out.metrics["parity_onnx_max_abs_diff"]) <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": real[:3]})[0].shape == (3, 4)
