@@ -1,14 +1,23 @@
 """The model zoo: a registry from names to (model class, config class).
 
 Parametrized tests iterate over REGISTRY, so a new family is tested as soon as it is registered here.
+Zoo model names are `<registry-name>-<dataset>`, e.g. `vae-digits`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from training.models.aae import AAEConfig, AdversarialAE
 from training.models.ae import AEConfig, AutoEncoder
+from training.models.ae_contractive import ContractiveAE, ContractiveConfig
+from training.models.ae_denoising import DenoisingAE, DenoisingConfig
+from training.models.ae_linear import LinearAE, LinearAEConfig
+from training.models.ae_sparse import SparseKLAE, SparseKLConfig, SparseL1AE, SparseL1Config
 from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput, Stage
+from training.models.gan import GAN, GANConfig
+from training.models.vae import VAE, BetaVAE, BetaVAEConfig, VAEConfig
+from training.models.wae import WAE, WAEConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,16 @@ class Entry:
 
 REGISTRY: dict[str, Entry] = {
     "ae": Entry(AutoEncoder, AEConfig),
+    "ae-sparse-l1": Entry(SparseL1AE, SparseL1Config),
+    "ae-sparse-kl": Entry(SparseKLAE, SparseKLConfig),
+    "ae-denoising": Entry(DenoisingAE, DenoisingConfig),
+    "ae-contractive": Entry(ContractiveAE, ContractiveConfig),
+    "ae-linear": Entry(LinearAE, LinearAEConfig),
+    "vae": Entry(VAE, VAEConfig),
+    "beta-vae": Entry(BetaVAE, BetaVAEConfig),
+    "aae": Entry(AdversarialAE, AAEConfig),
+    "wae": Entry(WAE, WAEConfig),
+    "gan": Entry(GAN, GANConfig),
 }
 
 

@@ -29,6 +29,11 @@ class _Sigmoid(nn.Module):
         return torch.sigmoid(self.decoder(z))
 
 
+def sum_sq_error(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Squared error summed over pixels, averaged over the batch: the penalty weights are per image."""
+    return F.mse_loss(x_hat, x, reduction="sum") / len(x)
+
+
 class AutoEncoder(GenerativeModel):
     family: ClassVar[str] = "ae"
     variant: ClassVar[str] = "plain"
@@ -47,12 +52,21 @@ class AutoEncoder(GenerativeModel):
     def reconstruct(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.decoder(z))
 
+    def penalties(self, x: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """Regularisers added to the reconstruction loss, by name (already weighted). Plain AE: none."""
+        return {}
+
     def forward(self, x: Tensor, phase: str = "main") -> ModelOutput:
         z = self.code(x)  # (B, d)
         x_hat = self.reconstruct(z)  # (B, C, H, W)
-        # Sum over pixels, mean over the batch: the penalty weights of the variants are per image.
-        rec = F.mse_loss(x_hat, x, reduction="sum") / len(x)
-        return ModelOutput(loss=rec, terms={"rec": rec.detach()}, recon=x_hat, code=z)
+        return self.output(x, x_hat, z, self.penalties(x, z))
+
+    def output(self, target: Tensor, x_hat: Tensor, z: Tensor, penalties: dict[str, Tensor]) -> ModelOutput:
+        """Reconstruction loss against `target` plus the penalties, packed as a ModelOutput."""
+        rec = sum_sq_error(x_hat, target)
+        loss = rec + sum(penalties.values(), torch.zeros((), device=x_hat.device))
+        terms = {"rec": rec.detach(), **{k: v.detach() for k, v in penalties.items()}}
+        return ModelOutput(loss=loss, terms=terms, recon=x_hat.clamp(0, 1), code=z)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.code(x)
@@ -61,9 +75,10 @@ class AutoEncoder(GenerativeModel):
         return self.reconstruct(z)
 
     def export_graphs(self) -> dict[str, GraphExport]:
+        self.eval()  # BatchNorm must export with its running statistics
         return {
-            "encoder": GraphExport(_Encode(self), ["x"], ["z_mean"], self.example_images()),
-            "decoder": GraphExport(_Decode(self), ["z"], ["x_hat"], self.example_codes()),
+            "encoder": GraphExport(_Encode(self).eval(), ["x"], ["z_mean"], self.example_images()),
+            "decoder": GraphExport(_Decode(self).eval(), ["z"], ["x_hat"], self.example_codes()),
         }
 
 

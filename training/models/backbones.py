@@ -30,6 +30,9 @@ class MLPEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.features_dim = width
 
+    def features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, features_dim): all but the head
+        return self.net[:-1](x)
+
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, out_dim)
         return self.net(x)
 
@@ -53,7 +56,8 @@ class MLPDecoder(nn.Module):
 class ConvEncoder(nn.Module):
     """Stride-2 convs (each halves H, W), then a linear head. For 28x28 and 32x32, 1 or 3 channels."""
 
-    def __init__(self, input_shape: tuple[int, int, int], channels: tuple[int, ...], out_dim: int) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], channels: tuple[int, ...], out_dim: int,
+                 linear: bool = False) -> None:
         super().__init__()
         c, h, w = input_shape
         factor = 2 ** len(channels)
@@ -61,12 +65,17 @@ class ConvEncoder(nn.Module):
             raise ValueError(f"conv backbone needs H and W divisible by {factor}, got {h}x{w}")
         layers: list[nn.Module] = []
         for ch in channels:
-            layers += [nn.Conv2d(c, ch, 4, stride=2, padding=1), nn.BatchNorm2d(ch), nn.LeakyReLU(0.2)]
+            layers.append(nn.Conv2d(c, ch, 4, stride=2, padding=1))
+            if not linear:  # BatchNorm is affine only in eval mode: a linear model has none
+                layers += [nn.BatchNorm2d(ch), nn.LeakyReLU(0.2)]
             c = ch
         layers.append(nn.Flatten())
         self.conv = nn.Sequential(*layers)
         self.features_dim = c * (h // factor) * (w // factor)
         self.head = nn.Linear(self.features_dim, out_dim)
+
+    def features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, features_dim): all but the head
+        return self.conv(x)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, out_dim)
         return self.head(self.conv(x))
@@ -75,7 +84,8 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """A linear layer to a small feature map, then stride-2 transposed convs back to (C, H, W)."""
 
-    def __init__(self, in_dim: int, channels: tuple[int, ...], output_shape: tuple[int, int, int]) -> None:
+    def __init__(self, in_dim: int, channels: tuple[int, ...], output_shape: tuple[int, int, int],
+                 linear: bool = False) -> None:
         super().__init__()
         c_out, h, w = output_shape
         factor = 2 ** len(channels)
@@ -83,12 +93,12 @@ class ConvDecoder(nn.Module):
             raise ValueError(f"conv backbone needs H and W divisible by {factor}, got {h}x{w}")
         chans = list(reversed(channels))
         self.start = (chans[0], h // factor, w // factor)
-        self.fc = nn.Sequential(nn.Linear(in_dim, chans[0] * self.start[1] * self.start[2]), nn.LeakyReLU(0.2))
+        self.fc = nn.Sequential(nn.Linear(in_dim, chans[0] * self.start[1] * self.start[2]), _act(linear))
         layers: list[nn.Module] = []
         for i, ch in enumerate(chans):
             nxt = chans[i + 1] if i + 1 < len(chans) else c_out
             layers.append(nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1))
-            if i + 1 < len(chans):
+            if i + 1 < len(chans) and not linear:
                 layers += [nn.BatchNorm2d(nxt), nn.LeakyReLU(0.2)]
         self.deconv = nn.Sequential(*layers)
 
@@ -98,15 +108,11 @@ class ConvDecoder(nn.Module):
 
 def make_encoder(cfg: ModelConfig, out_dim: int, linear: bool = False) -> nn.Module:
     if cfg.backbone == "conv":
-        if linear:
-            raise ValueError("a linear model needs the mlp backbone")
-        return ConvEncoder(cfg.input_shape, cfg.channels, out_dim)
+        return ConvEncoder(cfg.input_shape, cfg.channels, out_dim, linear=linear)
     return MLPEncoder(cfg.input_shape, cfg.hidden, out_dim, linear=linear)
 
 
 def make_decoder(cfg: ModelConfig, in_dim: int, linear: bool = False) -> nn.Module:
     if cfg.backbone == "conv":
-        if linear:
-            raise ValueError("a linear model needs the mlp backbone")
-        return ConvDecoder(in_dim, cfg.channels, cfg.input_shape)
+        return ConvDecoder(in_dim, cfg.channels, cfg.input_shape, linear=linear)
     return MLPDecoder(in_dim, cfg.hidden, cfg.input_shape, linear=linear)

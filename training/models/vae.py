@@ -1,0 +1,122 @@
+"""Variational autoencoder and beta-VAE: Bernoulli or Gaussian likelihood, reparameterisation, closed-form KL."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.models.ae import _Decode
+from training.models.backbones import make_decoder, make_encoder
+from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput
+
+Likelihood = Literal["bernoulli", "gaussian"]
+
+
+@dataclass(frozen=True)
+class VAEConfig(ModelConfig):
+    likelihood: Likelihood = "bernoulli"  # bernoulli: BCE with logits on [0, 1] pixels (the usual choice)
+    sigma: float = 0.1  # decoder std of the gaussian likelihood (fixed, not learned)
+    beta: float = 1.0  # weight of the KL term; 1 is the true ELBO
+
+
+@dataclass(frozen=True)
+class BetaVAEConfig(VAEConfig):
+    beta: float = 4.0  # Higgins et al.: beta > 1 trades reconstruction for a more factorised code
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per row, in closed form. (B, d) -> (B,)."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+
+
+class VAE(GenerativeModel):
+    """loss = E_q[-log p(x|z)] + beta * KL(q(z|x) || N(0, I)), one reparameterised sample per image."""
+
+    family: ClassVar[str] = "vae"
+    variant: ClassVar[str] = "plain"
+    prior_kind = "normal"
+    cfg: VAEConfig
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = make_encoder(cfg, 2 * cfg.latent_dim)  # -> [mu, logvar]
+        self.decoder = make_decoder(cfg, cfg.latent_dim)  # -> pixel logits
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, logvar), each (B, d). logvar is clamped so exp() cannot overflow early in training."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def log_likelihood(self, x: Tensor, logits: Tensor) -> Tensor:
+        """log p(x|z) per image (B,), summed over pixels; the decoder mean is sigmoid(logits)."""
+        if self.cfg.likelihood == "bernoulli":
+            nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        else:
+            s2 = self.cfg.sigma**2
+            nll = 0.5 * (x - torch.sigmoid(logits)).pow(2) / s2 + 0.5 * math.log(2 * math.pi * s2)
+        return -nll.flatten(1).sum(dim=1)
+
+    def forward(self, x: Tensor, phase: str = "main") -> ModelOutput:
+        mu, logvar = self.posterior(x)  # (B, d) each
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation: gradients flow to mu, logvar
+        logits = self.decoder(z)  # (B, C, H, W)
+        rec = -self.log_likelihood(x, logits).mean()
+        kl = gaussian_kl(mu, logvar).mean()
+        loss = rec + self.cfg.beta * kl
+        terms = {"rec": rec.detach(), "kl": kl.detach()}
+        return ModelOutput(loss=loss, terms=terms, recon=torch.sigmoid(logits), code=mu)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.posterior(x)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.decoder(z))
+
+    @torch.no_grad()
+    def importance_sampled_nll(self, x: Tensor, k: int) -> Tensor:
+        """-log p(x) per image (B,), in nats: -log mean_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x).
+
+        Burda et al.'s IWAE bound; it tightens towards the true NLL as k grows (k=1 is the negative ELBO).
+        """
+        was_training = self.training
+        self.eval()  # BatchNorm running statistics, as served
+        mu, logvar = self.posterior(x)
+        std = (0.5 * logvar).exp()
+        log_2pi = math.log(2 * math.pi)
+        log_w = []
+        for _ in range(k):  # one decoder pass per sample keeps memory at O(B) for big images
+            eps = torch.randn_like(mu)
+            z = mu + eps * std
+            log_q = -0.5 * (eps.pow(2) + logvar + log_2pi).sum(dim=1)
+            log_p = -0.5 * (z.pow(2) + log_2pi).sum(dim=1)
+            log_w.append(self.log_likelihood(x, self.decoder(z)) + log_p - log_q)
+        self.train(was_training)
+        return -(torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k))
+
+    def anomaly_score(self) -> tuple[str, dict[str, float | str]]:
+        return "vae_elbo", {"likelihood": self.cfg.likelihood, "sigma": float(self.cfg.sigma)}
+
+    def export_graphs(self) -> dict[str, GraphExport]:
+        self.eval()  # BatchNorm must export with its running statistics
+        return {
+            "encoder": GraphExport(_Posterior(self).eval(), ["x"], ["z_mean", "z_logvar"], self.example_images()),
+            "decoder": GraphExport(_Decode(self).eval(), ["z"], ["x_hat"], self.example_codes()),
+        }
+
+
+class BetaVAE(VAE):
+    variant: ClassVar[str] = "beta"
+
+
+class _Posterior(nn.Module):
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.posterior(x)
