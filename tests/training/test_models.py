@@ -20,7 +20,7 @@ from training.models.ae_contractive import ContractiveAE
 from training.models.ae_denoising import DenoisingAE
 from training.models.ae_sparse import SparseKLAE, SparseL1AE
 from training.models.gan import GAN, generator_loss
-from training.models.vae import VAE, gaussian_kl
+from training.models.vae import gaussian_kl
 from training.models.wae import imq_mmd
 
 NAMES = sorted(REGISTRY)
@@ -94,13 +94,15 @@ def test_variants() -> None:
     got = {n: (REGISTRY[n].model.family, REGISTRY[n].model.variant) for n in NAMES}
     assert got == {
         "ae": ("ae", "plain"), "ae-sparse-l1": ("ae", "sparse-l1"), "ae-sparse-kl": ("ae", "sparse-kl"),
-        "ae-denoising": ("ae", "denoising"), "ae-contractive": ("ae", "contractive"), "ae-linear": ("ae", "linear"),
+        "ae-denoising": ("ae", "denoising"), "ae-contractive": ("ae", "contractive"),
+        "ae-linear": ("ae", "linear"),
         "vae": ("vae", "plain"), "beta-vae": ("vae", "beta"), "aae": ("aae", "plain"), "wae": ("wae", "mmd"),
         "gan": ("gan", "plain"),
     }
 
 
-def _phase_losses(model: torch.nn.Module, x: torch.Tensor, phases: tuple[str, ...], seed: int) -> dict[str, float]:
+def _phase_losses(model: torch.nn.Module, x: torch.Tensor, phases: tuple[str, ...], seed: int
+                  ) -> dict[str, float]:
     torch.manual_seed(seed)
     with torch.no_grad():
         return {p: float(model(x, p).loss) for p in set(phases)}

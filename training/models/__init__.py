@@ -50,4 +50,6 @@ def build(name: str, **overrides: object) -> GenerativeModel:
     return entry.model(entry.config(**overrides))  # type: ignore[arg-type]
 
 
-__all__ = ["REGISTRY", "Entry", "GenerativeModel", "GraphExport", "ModelConfig", "ModelOutput", "Stage", "build"]
+__all__ = [
+    "REGISTRY", "Entry", "GenerativeModel", "GraphExport", "ModelConfig", "ModelOutput", "Stage", "build",
+]

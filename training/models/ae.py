@@ -37,7 +37,6 @@ def sum_sq_error(x_hat: Tensor, x: Tensor) -> Tensor:
 class AutoEncoder(GenerativeModel):
     family: ClassVar[str] = "ae"
     variant: ClassVar[str] = "plain"
-    prior_kind = "fitted"
     linear: ClassVar[bool] = False
 
     def __init__(self, cfg: AEConfig) -> None:

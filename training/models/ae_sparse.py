@@ -1,4 +1,5 @@
-"""Sparse autoencoders: an L1 penalty on the code, or a KL penalty on the mean activation of a sigmoid code."""
+"""Sparse autoencoders: an L1 penalty on the code, or a KL penalty on the mean activation of a sigmoid code.
+"""
 
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ class ConvDecoder(nn.Module):
         return self.deconv(self.fc(z).view(-1, *self.start))
 
 
-def make_encoder(cfg: ModelConfig, out_dim: int, linear: bool = False) -> nn.Module:
+def make_encoder(cfg: ModelConfig, out_dim: int, linear: bool = False) -> MLPEncoder | ConvEncoder:
     if cfg.backbone == "conv":
         return ConvEncoder(cfg.input_shape, cfg.channels, out_dim, linear=linear)
     return MLPEncoder(cfg.input_shape, cfg.hidden, out_dim, linear=linear)

@@ -57,7 +57,9 @@ class GAN(GenerativeModel):
         return [adversarial, Stage("encoder", ("encoder",), epochs=self.cfg.encoder_epochs)]
 
     def phase_parameters(self, phase: str) -> Iterable[nn.Parameter]:
-        modules = {"disc": self.discriminator, "gen": self.generator, "encoder": self.encoder, "main": self.encoder}
+        modules = {
+            "disc": self.discriminator, "gen": self.generator, "encoder": self.encoder, "main": self.encoder,
+        }
         if phase not in modules:
             raise ValueError(f"unknown phase {phase!r} for gan")
         return modules[phase].parameters()

@@ -1,4 +1,6 @@
-"""Variational autoencoder and beta-VAE: Bernoulli or Gaussian likelihood, reparameterisation, closed-form KL."""
+"""Variational autoencoder and beta-VAE: Bernoulli or Gaussian likelihood, the reparameterisation trick and
+the closed-form KL.
+"""
 
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ class VAE(GenerativeModel):
 
     def forward(self, x: Tensor, phase: str = "main") -> ModelOutput:
         mu, logvar = self.posterior(x)  # (B, d) each
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation: gradients flow to mu, logvar
+        # the reparameterisation trick: the noise is an input, so gradients flow to mu and logvar
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         logits = self.decoder(z)  # (B, C, H, W)
         rec = -self.log_likelihood(x, logits).mean()
         kl = gaussian_kl(mu, logvar).mean()
@@ -104,7 +107,9 @@ class VAE(GenerativeModel):
     def export_graphs(self) -> dict[str, GraphExport]:
         self.eval()  # BatchNorm must export with its running statistics
         return {
-            "encoder": GraphExport(_Posterior(self).eval(), ["x"], ["z_mean", "z_logvar"], self.example_images()),
+            "encoder": GraphExport(
+                _Posterior(self).eval(), ["x"], ["z_mean", "z_logvar"], self.example_images()
+            ),
             "decoder": GraphExport(_Decode(self).eval(), ["z"], ["x_hat"], self.example_codes()),
         }
 

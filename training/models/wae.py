@@ -44,7 +44,10 @@ def imq_mmd(x: Tensor, y: Tensor, prior_var: float = 1.0,
 
 
 class WAE(AutoEncoder):
-    """||x - D(E(x))||^2 + lambda * MMD(E(x), z ~ N(0, I)): the aggregate posterior, not each q(z|x), is matched."""
+    """||x - D(E(x))||^2 + lambda * MMD(E(x), z ~ N(0, I)).
+
+    The aggregate posterior is matched to the prior, not each q(z|x): codes of different images stay apart.
+    """
 
     family: ClassVar[str] = "wae"
     variant: ClassVar[str] = "mmd"
