@@ -7,6 +7,7 @@ code. Under torchrun every rank trains; rank 0 alone evaluates, exports and publ
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,9 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.store.manifest import ALL_CAPABILITIES, DataSpec, LatentSpec, Manifest
+from service.store.manifest import (
+    ALL_CAPABILITIES,
+    MODEL_NAME_PATTERN,
+    DataSpec,
+    LatentSpec,
+    Manifest,
+    is_valid_model_name,
+)
 from training import calibrate
-from training.config import RunSpec, TrainConfig, model_config, to_dict
+from training.config import ConfigError, RunSpec, TrainConfig, model_config, to_dict
 from training.data import ImageSet, Splits, load, split
 from training.export import export_model
 from training.models import REGISTRY
@@ -75,7 +83,11 @@ def capabilities(graphs: set[str]) -> list[str]:
 
 
 def model_name(cfg: TrainConfig, data: ImageSet) -> str:
-    return cfg.name or f"{cfg.model}-{data.name}".lower().replace("_", "-")
+    """cfg.name, else "<model>-<dataset>" made safe; checked before training, not after."""
+    name = cfg.name or re.sub(r"[^a-z0-9]+", "-", f"{cfg.model}-{data.name}".lower()).strip("-")
+    if not is_valid_model_name(name):
+        raise ConfigError(f"model name {name!r} must match {MODEL_NAME_PATTERN} (at most 64 characters)")
+    return name
 
 
 def evaluate(model: GenerativeModel, splits: Splits, cfg: TrainConfig) -> dict[str, float | int | str]:

@@ -135,3 +135,15 @@ def test_cuda_bf16_training_still_publishes_with_parity(name: str, tmp_path: Pat
     assert res.manifest is not None and str(res.manifest.metrics["device"]).startswith("cuda")
     assert float(res.manifest.metrics["parity_onnx_max_abs_diff"]) <= 1e-4
     assert np.isfinite(float(res.manifest.metrics["test_recon_mse"]))
+
+
+def test_model_names_are_made_safe_and_checked_before_training(tmp_path: Path, tiny_spec: TinySpec,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.config import ConfigError, TrainConfig
+    from training.data import ImageSet
+
+    data = ImageSet("MNIST_t10k.v2", synthetic(n=4).x, synthetic(n=4).y)
+    assert pipeline.model_name(TrainConfig(model="vae"), data) == "vae-mnist-t10k-v2"
+    monkeypatch.setattr(pipeline.Trainer, "fit", lambda *a: pytest.fail("trained before checking the name"))
+    with pytest.raises(ConfigError, match="must match"):
+        pipeline.run(tiny_spec("ae", tmp_path / "store", tmp_path / "run", name="Not.A/Name"))
