@@ -179,7 +179,7 @@ class LimitsMiddleware:
             await self._run_with_deadline(scope, replay, send, deadline)
 
     async def _too_large(self, scope: Scope, send: Send, size: int) -> None:
-        log.warning("refused %s: body of %d+ bytes over the %d byte limit", route_path(scope), size,
+        log.info("refused %s: body of %d+ bytes over the %d byte limit", route_path(scope), size,
                     self.max_body_bytes)
         await send_error(
             scope, send, 413, f"request body is larger than the limit of {self.max_body_bytes} bytes",

@@ -171,7 +171,7 @@ class AccessGuard:
                 return
         bad = invalid_name_in(path)
         if bad is not None:
-            log.warning("refused a request with an invalid model name %r", bad[:100])
+            log.info("refused a request with an invalid model name %r", bad[:100])
             await send_error(scope, send, 404, "invalid model name")
             return
         await self.app(scope, receive, send)
@@ -183,7 +183,7 @@ class AccessGuard:
         if token is not None:
             challenge += ', error="invalid_token"'
         client = scope.get("client") or ("?", 0)
-        log.warning("401 for %s from %s: %s %s key", route_path(scope), client[0],
+        log.info("401 for %s from %s: %s %s key", route_path(scope), client[0],
                     "wrong" if token else "missing", which)
         detail = f"a valid {which} key is required (Authorization: Bearer <key>)"
         if which == "api":
