@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,17 @@ def test_chunked_body_over_limit_is_413(fixture_store: Path) -> None:
         r = c.post("/v1/models/tiny-ae/decode", content=chunks(),
                    headers={"content-type": "application/json"})
     assert r.status_code == 413
+
+
+def test_compressed_body_bomb_is_refused(fixture_store: Path) -> None:
+    """100 MB of zeros gzip to ~100 kB: under the body limit, far over it once inflated."""
+    bomb = gzip.compress(b"\0" * 100_000_000, compresslevel=9)
+    with client_for(fixture_store, max_body_bytes=1024 * 1024) as c:
+        r = c.post("/v2/models/tiny-ae.decoder/infer", content=bomb,
+                   headers={"content-encoding": "gzip", "content-type": "application/json"})
+        assert c.get("/health/ready").status_code == 200
+    assert len(bomb) < 1024 * 1024
+    assert r.status_code in (400, 413) and "exceeds" in r.json()["error"]
 
 
 def test_too_many_items_is_413(fixture_store: Path) -> None:
