@@ -154,6 +154,7 @@ def _run(spec: RunSpec, cfg: TrainConfig, data: ImageSet | None, ctx: DistContex
     if ctx.enabled:
         _save_rank_weights(model, run_dir, ctx)
     result = PipelineResult(name, None, None, model=model)
+    ctx.barrier()  # every rank has finished training (and saved its weights) before rank 0 publishes
     if ctx.is_main:
         result = _finish(model, spec, splits, data, fit, name)
     ctx.barrier()  # no rank leaves before the version is published
