@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -108,14 +107,44 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-class _BodyTimeout(Exception):
-    pass
+class _Deadline:
+    """The one timer of a request. Firing while the body uploads cancels the request task (408); firing before
+    the response starts sends 504 from a side task, on time even when the handler is stuck in a worker thread
+    (whose cancellation waits for the thread), then cancels the request task. No task is created unless it
+    fires, so a request within its deadline pays for one timer handle."""
 
+    __slots__ = ("answer", "expired", "handle", "phase", "scope", "send", "task", "timeout_s")
 
-def _log_orphan(task: asyncio.Future[None]) -> None:
-    """Collect the result of a timed-out request task, so its error is logged rather than lost."""
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("timed-out request later failed: %r", task.exception())
+    def __init__(self, scope: Scope, send: Send, timeout_s: float) -> None:
+        self.scope, self.send, self.timeout_s = scope, send, timeout_s
+        self.phase = "body"  # then "app", then "responding"
+        self.expired = False
+        self.answer: asyncio.Task[None] | None = None
+        self.task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        self.handle = loop.call_at(loop.time() + timeout_s, self._fire)
+
+    def _fire(self) -> None:
+        if self.phase == "responding":
+            return
+        self.expired = True
+        path = route_path(self.scope)
+        if self.phase == "app":
+            log.warning("request to %s timed out after %g s", path, self.timeout_s)
+            self.answer = asyncio.get_running_loop().create_task(send_error(
+                self.scope, self.send, 504, f"the request did not complete within {self.timeout_s:g} s"))
+        else:
+            log.info("request body to %s did not arrive within %g s", path, self.timeout_s)
+        if self.task is not None:
+            self.task.cancel()
+
+    def owns(self, exc: BaseException) -> bool:
+        """True when `exc` is this deadline's cancellation (then it is consumed, not propagated)."""
+        if not (self.expired and isinstance(exc, asyncio.CancelledError)):
+            return False
+        if self.task is not None:
+            self.task.uncancel()
+        return True
 
 
 class LimitsMiddleware:
@@ -139,8 +168,6 @@ class LimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
-
         declared = _content_length(scope)
         if declared == -1:
             await send_error(scope, send, 400, "Content-Length is not a valid integer")
@@ -148,15 +175,27 @@ class LimitsMiddleware:
         if self.max_body_bytes and declared is not None and declared > self.max_body_bytes:
             await self._too_large(scope, send, declared)
             return
-
+        deadline = _Deadline(scope, send, self.timeout_s) if self.timeout_s > 0 else None
         try:
-            body = await self._read_body(receive, deadline)
-        except _BodyTimeout:
-            await send_error(
-                scope, send, 408, f"the request body did not arrive within {self.timeout_s:g} s",
-                [(b"connection", b"close")],
-            )
-            return
+            await self._serve(scope, receive, send, deadline)
+        except asyncio.CancelledError as exc:
+            if deadline is None or not deadline.owns(exc):
+                raise
+            if deadline.answer is None:  # expired while the body was still arriving
+                detail = f"the request body did not arrive within {self.timeout_s:g} s"
+                await send_error(scope, send, 408, detail, [(b"connection", b"close")])
+        except Exception as exc:
+            if deadline is None or not deadline.expired:
+                raise
+            log.warning("timed-out request to %s later failed: %r", route_path(scope), exc)
+        finally:
+            if deadline is not None:
+                deadline.handle.cancel()
+        if deadline is not None and deadline.answer is not None:
+            await deadline.answer
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, deadline: _Deadline | None) -> None:
+        body = await self._read_body(receive)
         if body is None:  # the client went away mid-body: nobody to answer
             log.info("client disconnected before sending the whole body of %s", route_path(scope))
             return
@@ -175,32 +214,32 @@ class LimitsMiddleware:
 
         if deadline is None:
             await self.app(scope, replay, send)
-        else:
-            await self._run_with_deadline(scope, replay, send, deadline)
+            return
+        deadline.phase = "app"
+
+        async def guarded_send(message: Message) -> None:
+            if deadline.expired:  # the client has its 504; a late handler writes nowhere
+                return
+            if message["type"] == "http.response.start":
+                deadline.phase = "responding"  # set before awaiting: the timer must not race the start
+            await send(message)
+
+        await self.app(scope, replay, guarded_send)
 
     async def _too_large(self, scope: Scope, send: Send, size: int) -> None:
         log.info("refused %s: body of %d+ bytes over the %d byte limit", route_path(scope), size,
-                    self.max_body_bytes)
+                 self.max_body_bytes)
         await send_error(
             scope, send, 413, f"request body is larger than the limit of {self.max_body_bytes} bytes",
             [(b"connection", b"close")], limit=self.max_body_bytes,
         )
 
-    async def _read_body(self, receive: Receive, deadline: float | None) -> bytes | int | None:
+    async def _read_body(self, receive: Receive) -> bytes | int | None:
         """The whole body; or the byte count once it passes the limit; or None if the client disconnected."""
         chunks: list[bytes] = []
         size = 0
         while True:
-            if deadline is None:
-                message = await receive()
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _BodyTimeout
-                try:
-                    message = await asyncio.wait_for(receive(), remaining)
-                except TimeoutError as exc:
-                    raise _BodyTimeout from exc
+            message = await receive()
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
@@ -210,36 +249,7 @@ class LimitsMiddleware:
                     return size
                 chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    async def _run_with_deadline(self, scope: Scope, receive: Receive, send: Send, deadline: float) -> None:
-        started = asyncio.Event()
-        expired = False
-
-        async def guarded_send(message: Message) -> None:
-            if expired:  # the client already has its 504; a late handler writes nowhere
-                return
-            if message["type"] == "http.response.start":
-                started.set()
-            await send(message)
-
-        task = asyncio.ensure_future(self.app(scope, receive, guarded_send))
-        waiter = asyncio.ensure_future(started.wait())
-        try:
-            await asyncio.wait({task, waiter}, timeout=max(0.0, deadline - time.monotonic()),
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if not task.done() and not started.is_set():
-            expired = True
-            # Not awaited: a sync handler in a worker thread defers cancellation until the thread returns,
-            # and the whole point is to answer now. The orphan's outcome is collected and logged.
-            task.cancel()
-            task.add_done_callback(_log_orphan)
-            log.warning("request to %s timed out after %g s", route_path(scope), self.timeout_s)
-            await send_error(scope, send, 504, f"the request did not complete within {self.timeout_s:g} s")
-            return
-        await task  # finished, or streaming: let it complete and surface its errors
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def install(app: Any, settings: Any) -> None:
