@@ -207,6 +207,7 @@ class Trainer:
 
         self.net.train()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # a phase may repeat per batch (k discriminator steps)
         n = 0
         show = self.cfg.progress and self.ctx.is_main and sys.stderr.isatty()
         bar = tqdm(self._batches(train, stage_idx, epoch), disable=not show, leave=False,
@@ -215,12 +216,12 @@ class Trainer:
             for phase in stage.phases:
                 for k, v in self._step(x, phase).items():
                     sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
             n += 1
             if show:
-                bar.set_postfix({k: f"{v / n:.4g}" for k, v in list(sums.items())[:4]})
+                bar.set_postfix({k: f"{v / counts[k]:.4g}" for k, v in list(sums.items())[:4]})
         bar.close()
-        # The last phase of a repeated name wins the sum; average per batch.
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        return {k: v / counts[k] for k, v in sums.items()}  # mean per step
 
     @torch.no_grad()
     def validation_loss(self, val: Tensor) -> float:

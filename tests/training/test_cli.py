@@ -132,3 +132,24 @@ def test_subcommands_are_registered_by_name(monkeypatch: pytest.MonkeyPatch) -> 
     assert cli.main(["dummy", "--out", "x"]) == 0
     assert seen[0].out == Path("x")
     assert {"fit", "zoo"} <= set(cli.COMMANDS)
+
+
+def test_zoo_builds_names_reports_and_fresh_restarts_at_version_1(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import zoo
+
+    monkeypatch.setattr(zoo, "BASE_TRAIN", {**zoo.BASE_TRAIN, "epochs": 1, "steps_per_epoch": 2})
+    monkeypatch.setattr(zoo, "BASE_MODEL", {"hidden": (16,)})
+    monkeypatch.chdir(tmp_path)  # run dirs go under ./runs
+    store = tmp_path / "zoo"
+    assert cli.main(["zoo", "--store", str(store), "--only", "ae"]) == 0
+    assert cli.main(["zoo", "--store", str(store), "--only", "ae"]) == 0
+    assert version_numbers(store / "ae-digits") == [1, 2]
+    assert cli.main(["zoo", "--store", str(store), "--only", "ae", "--fresh"]) == 0
+    assert version_numbers(store / "ae-digits") == [1]
+    m = Manifest.model_validate_json((store / "ae-digits" / "1" / "manifest.json").read_text())
+    assert m.data.dataset == "digits" and m.training["split"]["fractions"] == [0.8, 0.1, 0.1]
+    report = (store / "ZOO.md").read_text()
+    assert "| ae-digits | ae | plain | 1 |" in report and "total build time" in report
+    with pytest.raises(KeyError, match="unknown zoo models"):
+        zoo.build_zoo(store, only=["nope"])

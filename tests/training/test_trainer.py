@@ -140,3 +140,28 @@ def test_every_family_trains_with_one_optimiser_per_phase(name: str, splits: Spl
     before = weights(model)
     trainer.fit(splits)
     assert any(not torch.equal(before[k], v) for k, v in weights(model).items())
+
+
+def test_progress_bar_shows_loss_terms_on_a_tty_only(splits: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for tty, expect in ((Tty(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", tty)
+        Trainer(make(), config(epochs=1, steps_per_epoch=2, progress=True), None).fit(splits)
+        monkeypatch.undo()
+        assert ("rec=" in tty.getvalue()) is expect
+    # not on rank != 0 either
+    from training.trainer import DistContext
+
+    trainer = Trainer(make(), config(epochs=1, steps_per_epoch=2, progress=True), None)
+    trainer.ctx = DistContext(rank=1, world_size=1)
+    monkeypatch.setattr(sys, "stderr", Tty())
+    trainer.fit(splits)
+    out = sys.stderr.getvalue()  # type: ignore[attr-defined]
+    monkeypatch.undo()
+    assert "rec=" not in out
