@@ -1,0 +1,90 @@
+"""The quality benchmark: its metric helpers on known inputs (fast), and `bench/quality.py --quick` end to end
+(slow: it trains every family on digits), checking that the report, its JSON and every figure it links are
+written. No timing is asserted: benchmarks are not tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench"
+sys.path.insert(0, str(BENCH))
+
+from quality_anomaly import evaluate, mahalanobis  # noqa: E402
+from quality_denoise import psnr  # noqa: E402
+from quality_generation import frechet, precision_recall  # noqa: E402
+
+
+def test_frechet_is_zero_for_one_set_and_grows_with_a_shift() -> None:
+    f = np.random.default_rng(0).standard_normal((500, 8))
+    assert frechet(f, f) == pytest.approx(0.0, abs=1e-6)
+    # same covariance, mean shifted by 3 in one coordinate: the distance is the squared shift
+    assert frechet(f, f + np.eye(8)[0] * 3) == pytest.approx(9.0, rel=1e-3)
+
+
+def test_precision_recall_full_for_one_set_and_zero_for_far_sets() -> None:
+    f = np.random.default_rng(1).standard_normal((300, 4))
+    assert precision_recall(f, f, k=3) == (1.0, 1.0)
+    assert precision_recall(f, f + 100.0, k=3) == (0.0, 0.0)
+
+
+def test_psnr_of_a_known_error() -> None:
+    clean = np.zeros((2, 1, 4, 4), dtype=np.float32)
+    assert psnr(clean, clean + 0.1) == pytest.approx(20.0, rel=1e-4)  # 10 log10(1 / 0.01)
+
+
+def test_evaluate_perfect_and_inverted_scores() -> None:
+    is_anomaly = np.array([False] * 10 + [True] * 90)
+    perfect = evaluate(is_anomaly.astype(float), is_anomaly)
+    assert perfect["auroc"] == 1.0 and perfect["aupr_normal"] == 1.0
+    assert evaluate(-is_anomaly.astype(float), is_anomaly)["auroc"] == 0.0
+
+
+def test_mahalanobis_ranks_outliers_last() -> None:
+    rng = np.random.default_rng(2)
+    train = rng.standard_normal((200, 3)) * [1.0, 5.0, 0.2]
+    d = mahalanobis(train, np.array([[0, 0, 0], [0, 5, 0], [0, 0, 5]], dtype=float))
+    assert d[0] < d[1] < d[2]  # 5 along the narrow axis is far rarer than 5 along the wide one
+
+
+@pytest.mark.slow
+def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(BENCH / "quality.py"), "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (out / "quality.md").read_text()
+    assert "(complete)" in md
+    for heading in ("## digits", "### Anomaly detection", "### Density", "### Generation", "### Denoising"):
+        assert heading in md
+    assert "Not comparable with Inception FID" in md
+    linked = re.findall(r'src="quality/([^"]+\.png)"', md)
+    assert {"roc_digits.png", "latent_digits.png", "interpolation_digits.png", "denoise_digits.png",
+            "samples_digits_vae.png", "samples_digits_gan.png"} <= set(linked)
+    for name in linked:
+        png = out / "quality" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    res = json.loads((out / "quality.json").read_text())
+    digits = res["datasets"]["digits"]
+    assert f"seed **{digits['split']['seed']}**" in md and digits["split"]["test"] > 0  # the seed is recorded
+    summary = digits["anomaly"]["summary"]
+    from training.models import REGISTRY
+
+    for fam in REGISTRY:  # every family, with every score it offers
+        assert f"{fam}/recon" in summary and f"{fam}/mahalanobis" in summary
+    assert "vae/neg-elbo" in summary and "gan/f-anogan" in summary
+    for baseline in ("pca-recon", "isolation-forest", "ocsvm", "kde", "pyod-ae", "pyod-vae"):
+        assert 0.0 <= summary[baseline]["auroc"] <= 1.0
+    assert set(digits["density"]) == {"vae", "beta-vae"} and digits["density"]["vae"]["nll_nats"] > 0
+    gen = digits["generation"]["generation"]
+    assert {"vae", "aae", "wae", "gan", "ae+gmm", "gmm-on-pca (ref)", "real held-out (floor)"} <= set(gen)
+    assert set(digits["denoising"]["psnr"]) == {"gaussian σ=0.2", "gaussian σ=0.4", "salt-and-pepper 20%"}
