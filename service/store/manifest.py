@@ -148,7 +148,7 @@ class AnomalySpec(_Strict):
 class Manifest(_Strict):
     """The whole contract of one published model version."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str
     version: int = Field(gt=0)
     family: Family
