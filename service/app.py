@@ -65,11 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = app.state.runtime = None
     app.state.ready = False
     install_handlers(app)
-    # Hardening (issue 8), innermost first: body size + deadline, drain on shutdown, then the access guard
-    # outside them, so an unauthenticated client is answered before a single body byte is read.
+    # Hardening (issue 8), innermost first: body size + deadline; the access guard outside them, so an
+    # unauthenticated client is answered before a single body byte is read; the drain flag outermost.
     limits.install(app, settings)
-    shutdown.install(app, settings)
     security.install(app, settings)
+    shutdown.install(app, settings)
     app.state.metrics = Metrics()  # one registry per app, so tests can build many
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in ROUTERS:
