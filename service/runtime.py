@@ -84,6 +84,9 @@ class Runtime:
     def __init__(self, settings: Settings, stats: InferenceStats | None = None) -> None:
         self.settings = settings
         self._sessions: dict[SessionKey, GraphSession] = {}
+        # sha256 of the file each session was built from: a version folder replaced in place under the same
+        # number (e.g. `zoo --fresh`) has new digests, so its sessions are rebuilt instead of served stale.
+        self._digests: dict[SessionKey, str] = {}
         self.stats = stats or InferenceStats()  # Triton-named metrics, labelled by V2 name <model>.<graph>
         self._batchers = BatcherPool(batch_config_from(settings), self.stats)  # one queue per graph
 
@@ -91,9 +94,12 @@ class Runtime:
         """Create the sessions of every graph of `mv` (idempotent). Raises when a graph cannot be loaded."""
         for gname, spec in mv.manifest.graphs.items():
             key = (mv.name, mv.version, gname)
-            if key in self._sessions:
+            digest = mv.manifest.files.get(spec.torchscript if self.settings.backend == "torchscript"
+                                           and spec.torchscript else spec.file, "")
+            if key in self._sessions and self._digests.get(key) == digest:
                 continue
             self._sessions[key] = self._make_session(mv, gname)
+            self._digests[key] = digest
             ins = [t.name for t in spec.inputs]
             outs = [t.name for t in spec.outputs]
             got = self._sessions[key]
@@ -125,6 +131,7 @@ class Runtime:
         keep = {(mv.name, mv.version) for mv in store.all_versions()}
         for key in [k for k in self._sessions if (k[0], k[1]) not in keep]:
             del self._sessions[key]
+            self._digests.pop(key, None)
 
     def session(self, mv: ModelVersion, graph: str) -> GraphSession:
         try:
