@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     )
     batching: bool = False
     max_batch_size: int = Field(default=64, ge=1)
-    max_queue_delay_us: int = Field(default=500, ge=0)
+    # 0: a batch is whatever queued while the previous ones ran, so an idle server adds no wait and a busy
+    # one still batches (bench/results/serving.md: 500 us cost latency and CPU at c=1 and gained nothing).
+    max_queue_delay_us: int = Field(default=0, ge=0, description="how long a request may wait for a batch")
     queue_size: int = Field(default=1024, ge=1, description="pending requests per graph before 503")
     batch_instances: int | None = Field(
         default=None, ge=1, description="executions of one graph at once; None: one per core, 2 to 8"

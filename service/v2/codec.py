@@ -14,6 +14,7 @@ Response: outputs that ask for binary (per output `parameters.binary_data`, else
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,7 +109,7 @@ def _decode_input(t: Any, binary: memoryview, offset: int) -> tuple[str, np.ndar
     dtype = DATATYPES.get(dt_name) if isinstance(dt_name, str) else None
     if dtype is None:
         raise CodecError(f"input {name!r}: unsupported datatype {dt_name!r} (use one of {sorted(DATATYPES)})")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     params = t.get("parameters") or {}
     if not isinstance(params, dict):
         raise CodecError(f"input {name!r}: parameters must be an object")
@@ -191,16 +192,16 @@ def encode_response(
     """Encode the selected outputs; returns (body, header length or None when the body is plain JSON)."""
     wanted = request.outputs or [RequestedOutput(n) for n in outputs]
     heads: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[memoryview] = []  # joined once, below: one copy of each tensor, not two
     for o in wanted:
         if o.name not in outputs:
             raise CodecError(f"unknown output {o.name!r}; the model has {sorted(outputs)}")
         arr = outputs[o.name]
         head: dict[str, Any] = {"name": o.name, "datatype": v2_datatype(arr.dtype), "shape": list(arr.shape)}
         if request.binary_output if o.binary is None else o.binary:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-            head["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
+            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+            head["parameters"] = {"binary_data_size": raw.nbytes}
+            blobs.append(memoryview(raw).cast("B"))
         else:
             head["data"] = np.ascontiguousarray(arr).reshape(-1)
         heads.append(head)

@@ -1,0 +1,703 @@
+"""Serving benchmark (`make bench`): req/s, p50 and p99 of the real server under wrk, batching on and off.
+
+    .venv/bin/python bench/serving.py [--quick] [--duration S] [--profile SCENARIO]
+
+It starts `python -m service` (one uvicorn worker) on loopback over a private store and drives it with wrk
+(`bench/wrk_post.lua` carries POST bodies, binary ones included) at concurrency 1, 16 and 64:
+
+    (a) GET /health/live                        the framework ceiling in the same app config
+    (b) POST /v1/models/<m>/sample  n=1         digits MLP VAE, and the conv 28x28 VAE
+    (c) POST /v1/models/<m>/anomaly-score       one 8x8 image, JSON
+    (d) POST /v2/models/<m>.decoder/infer       batch 1, binary tensors; MLP and conv decoders
+    (e) sample n=1024                           samples/s: /v1 JSON, and V2 binary decode of 1024 prior
+                                                draws, against in-process onnxruntime (server's options)
+
+Both server configurations (batching off, on) run at once, each in its own process, and every point is
+measured in interleaved runs (off, on, off, on ...), keeping the best, so load from other jobs on a shared
+host hits both alike. The server's CPU time per request (from /proc) is reported beside req/s: it is far
+less sensitive to a busy host. Results go to
+bench/results/serving.md (table, machine, target ratios) and serving.png. The store holds the zoo's
+`vae-digits` (copied from models_store/, or trained for a few steps when the zoo is absent) and a conv VAE on
+synthetic 28x28 images trained for a few steps by `training.pipeline` (the weights are barely trained; the
+graph, which is what costs time, is the real one). Both are cached under runs/bench/ between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("bench.serving")
+
+RESULTS = ROOT / "bench" / "results"
+CACHE = ROOT / "runs" / "bench" / "serving-store"
+LUA = ROOT / "bench" / "wrk_post.lua"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+MLP, CONV = "vae-digits", "conv-vae-28"
+TARGETS = {"b_over_a": 0.7, "e_binary_over_inprocess": 0.5}
+
+
+# --- the store ------------------------------------------------------------------------------------
+def _train(name: str, data: Any, model: dict[str, Any], store: Path) -> None:
+    """A few optimiser steps through the real pipeline (fit, export, parity check, publish)."""
+    from training.config import RunSpec, TrainConfig
+    from training.pipeline import run
+
+    cfg = TrainConfig(
+        model="vae",
+        seed=0,
+        epochs=1,
+        steps_per_epoch=8,
+        batch_size=32,
+        device="cpu",
+        progress=False,
+        threads=1,
+        nll_k=4,
+        name=name,
+        store=str(store),
+        run_dir=str(CACHE.parent / "runs" / name),
+    )
+    run(RunSpec(cfg, model), data)
+
+
+def build_store(store: Path) -> dict[str, str]:
+    """Make sure `store` holds the MLP and conv models; says where each came from."""
+    origin: dict[str, str] = {}
+    zoo = ROOT / "models_store" / MLP
+    if zoo.exists():  # always the current zoo version
+        shutil.rmtree(store / MLP, ignore_errors=True)
+        shutil.copytree(zoo, store / MLP, ignore=shutil.ignore_patterns(".staging-*"))
+        origin[MLP] = "copied from models_store/ (the shipped zoo)"
+    else:
+        if not (store / MLP).exists():
+            from training.data import load
+
+            _train(MLP, load("digits"), {"hidden": (128, 64)}, store)
+        origin[MLP] = "trained here on digits for 8 steps (models_store/ has no zoo yet)"
+    if not (store / CONV).exists():
+        from training.data import synthetic
+
+        _train(
+            CONV,
+            synthetic(n=320, shape=(1, 28, 28)),
+            {"backbone": "conv", "channels": (32, 64), "latent_dim": 16},
+            store,
+        )
+    origin[CONV] = "conv VAE (channels 32, 64; latent 16) on synthetic 28x28, 8 training steps"
+    return origin
+
+
+def manifest(store: Path, name: str) -> dict[str, Any]:
+    latest = max(int(p.name) for p in (store / name).iterdir() if p.name.isdigit())
+    return json.loads((store / name / str(latest) / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+# --- the server -----------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(store: Path, batching: bool, workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m service` with the default settings except batching (and room for n=1024 requests)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LATENTSERVE_STORE": str(store),
+        "LATENTSERVE_HOST": "127.0.0.1",
+        "LATENTSERVE_PORT": str(port),
+        "LATENTSERVE_BATCHING": str(batching).lower(),
+        "LATENTSERVE_LOG_LEVEL": "warning",
+        "LATENTSERVE_MAX_ITEMS": "1024",
+        "LATENTSERVE_SHUTDOWN_DRAIN_S": "0",
+        "PYTHONPATH": str(ROOT),
+    }
+    logf = open(workdir / f"server-batching-{batching}.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=logf, stderr=logf)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not become ready; see {logf.name}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        logf.close()
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scenario:
+    key: str  # a, b, c, d, e
+    label: str
+    path: str
+    method: str = "GET"
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    rows: int = 1  # samples per request, for samples/s
+
+
+def v2_binary_body(latents: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "z",
+                    "shape": list(latents.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": latents.nbytes},
+                }
+            ],
+            "outputs": [{"name": "x_hat", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return head + latents.astype("<f4").tobytes(), {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def scenarios(store: Path) -> list[Scenario]:
+    js = {"Content-Type": "application/json"}
+    out = [Scenario("a", "GET /health/live (ceiling)", "/health/live")]
+    for name in (MLP, CONV):
+        m = manifest(store, name)
+        dim, shape = m["latent"]["dim"], m["data"]["shape"]
+        tag = "mlp" if name == MLP else "conv"
+        out.append(
+            Scenario(
+                "b",
+                f"/v1 sample n=1 [{tag}]",
+                f"/v1/models/{name}/sample",
+                "POST",
+                json.dumps({"n": 1}).encode(),
+                js,
+            )
+        )
+        body, hdr = v2_binary_body(np.random.default_rng(0).standard_normal((1, dim)).astype(np.float32))
+        out.append(
+            Scenario(
+                "d",
+                f"V2 infer decoder b=1 binary [{tag}]",
+                f"/v2/models/{name}.decoder/infer",
+                "POST",
+                body,
+                hdr,
+            )
+        )
+        if name == MLP:
+            img = np.random.default_rng(1).random(shape, dtype=np.float32).round(3).tolist()
+            out.append(
+                Scenario(
+                    "c",
+                    f"/v1 anomaly-score 1 image [{tag}]",
+                    f"/v1/models/{name}/anomaly-score",
+                    "POST",
+                    json.dumps({"images": [img]}).encode(),
+                    js,
+                )
+            )
+        z = np.random.default_rng(2).standard_normal((1024, dim)).astype(np.float32)
+        body, hdr = v2_binary_body(z)
+        out.append(
+            Scenario(
+                "e",
+                f"V2 decode n=1024 binary [{tag}]",
+                f"/v2/models/{name}.decoder/infer",
+                "POST",
+                body,
+                hdr,
+                rows=1024,
+            )
+        )
+        out.append(
+            Scenario(
+                "e",
+                f"/v1 sample n=1024 JSON [{tag}]",
+                f"/v1/models/{name}/sample",
+                "POST",
+                json.dumps({"n": 1024}).encode(),
+                js,
+                rows=1024,
+            )
+        )
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str, sc: Scenario, conc: int, duration: float, workdir: Path, pid: int | None = None
+) -> dict[str, Any]:
+    """One wrk run; with `pid`, also the server's CPU time per request (robust to a busy host)."""
+    body = workdir / "body.bin"
+    body.write_bytes(sc.body)
+    out = workdir / "wrk.json"
+    out.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "WRK_METHOD": sc.method,
+        "WRK_BODY": str(body) if sc.body else "",
+        "WRK_HEADERS": "\n".join(f"{k}: {v}" for k, v in sc.headers.items()),
+        "WRK_OUT": str(out),
+    }
+    cmd = [
+        WRK,
+        "-t1",
+        f"-c{conc}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url + sc.path,
+    ]
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=duration + 30)
+    cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+    r = json.loads(out.read_text())
+    secs = r["duration_us"] / 1e6
+    errors = sum(r[k] for k in r if k.startswith("errors_"))
+    ok = max(r["requests"] - errors, 0)
+    return {
+        "rps": ok / secs,
+        "p50_ms": r["p50_us"] / 1e3,
+        "p99_ms": r["p99_us"] / 1e3,
+        "errors": errors,
+        "requests": r["requests"],
+        "samples_s": ok * sc.rows / secs,
+        "cpu_us": cpu / max(r["requests"], 1) * 1e6,
+    }
+
+
+def check_once(url: str, sc: Scenario) -> None:
+    """One request before measuring: a scenario that errors would measure error pages."""
+    req = urllib.request.Request(url + sc.path, data=sc.body or None, method=sc.method, headers=sc.headers)
+    with urllib.request.urlopen(req, timeout=60) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{sc.label}: HTTP {r.status}")
+
+
+# --- in-process baseline ----------------------------------------------------------------------------
+def inprocess_samples_s(store: Path, name: str, seconds: float) -> float:
+    """Draw 1024 prior samples and decode them with onnxruntime in this process, with the server's options."""
+    import onnxruntime as ort
+
+    from service.settings import Settings
+
+    m = manifest(store, name)
+    s = Settings()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = s.intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    path = store / name / str(m["version"]) / m["graphs"]["decoder"]["file"]
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or best == 0.0:  # best of repeated runs, as for the server
+        start = time.perf_counter()
+        sess.run(None, {"z": rng.standard_normal((1024, m["latent"]["dim"])).astype(np.float32)})
+        best = max(best, 1024 / (time.perf_counter() - start))
+    return best
+
+
+# --- profiling ------------------------------------------------------------------------------------
+IDLE = ("Condition.wait", "_worker (concurrent", "WorkerThread.run", "Event.wait")
+
+
+def profile(
+    url: str, pid: int, sc: Scenario, conc: int, seconds: float, workdir: Path
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """py-spy the server while wrk drives one scenario.
+
+    Returns (inclusive share of event-loop-thread samples per function, self share per leaf function), idle
+    worker threads excluded. A leaf in uvicorn's `asyncio_run`/`Runner.run` is time inside uvloop's C code:
+    socket I/O and waiting for events.
+    """
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = workdir / "profile.txt"
+    spy = subprocess.Popen(
+        [
+            pyspy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    wrk(url, sc, conc, seconds - 1, workdir)
+    spy.wait(seconds + 30)
+    incl: dict[str, float] = defaultdict(float)
+    leaf: dict[str, float] = defaultdict(float)
+    loop_total = all_total = 0.0
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, count = line.rpartition(" ")
+        frames = [f.rsplit(":", 1)[0] + ")" if ":" in f else f for f in stack.split(";")]
+        if not frames or any(i in frames[-1] for i in IDLE):
+            continue
+        n = float(count)
+        all_total += n
+        leaf[frames[-1]] += n
+        if any("Server.run" in f for f in frames):  # the event-loop thread
+            loop_total += n
+            for f in set(frames):
+                incl[f] += n
+    interesting = [
+        (f, c / loop_total)
+        for f, c in incl.items()
+        if loop_total and c / loop_total < 0.97 and "(<frozen" not in f
+    ]
+    top_incl = sorted(interesting, key=lambda kv: -kv[1])[:25]
+    top_leaf = [(f, c / all_total) for f, c in sorted(leaf.items(), key=lambda kv: -kv[1])[:12]]
+    return top_incl, top_leaf
+
+
+# --- report ---------------------------------------------------------------------------------------
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    wrk_v = subprocess.run([WRK, "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "onnxruntime": onnxruntime.__version__,
+        "wrk": wrk_v[0] if wrk_v else "wrk",
+        "load_avg_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+Results = dict[tuple[str, bool, int], dict[str, Any]]
+
+
+def _row(label: str, batching: bool, conc: int, r: dict[str, Any], rows: int) -> str:
+    sps = f"{r['samples_s']:,.0f}" if rows > 1 else ""
+    return (
+        f"| {label} | {'on' if batching else 'off'} | {conc} | {r['rps']:,.0f} | {sps} | {r['p50_ms']:.2f} | "
+        f"{r['p99_ms']:.2f} | {r['cpu_us']:,.0f} | {r['errors']} |"
+    )
+
+
+def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str]:
+    """Each target as a ratio of req/s (best run) and, where it applies, of server CPU per request."""
+    lines = [
+        "| ratio | c | req/s ratio | CPU/request ratio | target | met (req/s) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def add(
+        name: str,
+        c: int,
+        num: dict[str, Any] | None,
+        den: dict[str, Any] | None,
+        target: float,
+        strict: bool = False,
+        key: str = "rps",
+    ) -> None:
+        if not num or not den:
+            return
+        v = num[key] / den[key]
+        cpu = den["cpu_us"] / num["cpu_us"] if num["cpu_us"] and den["cpu_us"] else float("nan")
+        met = v > target if strict else v >= target
+        lines.append(
+            f"| {name} | {c} | {v:.2f} | {cpu:.2f} | {'>' if strict else '>='} {target:g} | "
+            f"{'yes' if met else 'NO'} |"
+        )
+
+    for b in (False, True):
+        for c in concs:
+            add(
+                f"(b) /v1 sample [mlp] / (a) ceiling, batching {'on' if b else 'off'}",
+                c,
+                res.get(("/v1 sample n=1 [mlp]", b, c)),
+                res.get(("GET /health/live (ceiling)", b, c)),
+                0.7,
+            )
+    for tag in ("mlp", "conv"):
+        for b in (False, True):
+            r = res.get((f"V2 decode n=1024 binary [{tag}]", b, 1))
+            if r and tag in inproc:
+                v = r["samples_s"] / inproc[tag]
+                lines.append(
+                    f"| (e) V2 binary n=1024 [{tag}] / in-process, batching {'on' if b else 'off'} | 1 | "
+                    f"{v:.2f} | | >= 0.5 | {'yes' if v >= 0.5 else 'NO'} |"
+                )
+    for label in (
+        "V2 infer decoder b=1 binary [conv]",
+        "/v1 sample n=1 [conv]",
+        "V2 infer decoder b=1 binary [mlp]",
+        "/v1 sample n=1 [mlp]",
+    ):
+        for c in concs:
+            on, off = res.get((label, True, c)), res.get((label, False, c))
+            if c == 1:
+                add(f"batching on / off: {label}", c, on, off, 0.95)
+            else:
+                add(f"batching on / off: {label}", c, on, off, 1.0, strict=True)
+    return lines
+
+
+def plot(res: Results, concs: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({k[0] for k in res if "n=1024" not in k[0]})
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
+    colors = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for label in labels:
+        for b, style in ((False, "--"), (True, "-")):
+            pts = [(c, res[(label, b, c)]) for c in concs if (label, b, c) in res]
+            if not pts:
+                continue
+            kw = {"color": colors.get(label), "marker": "o" if b else "x"}
+            name = f"{label} ({'batching' if b else 'no batching'})"
+            xs = [c for c, _ in pts]
+            axes[0].plot(xs, [r["rps"] for _, r in pts], style, label=name, **kw)
+            axes[1].plot(xs, [r["p99_ms"] for _, r in pts], style, **kw)
+            axes[2].plot(xs, [r["cpu_us"] for _, r in pts], style, **kw)
+    titles = ("throughput (req/s, best run)", "p99 latency (ms)", "server CPU per request (us)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(concs, [str(c) for c in concs])
+        ax.set_xlabel("concurrent connections (wrk)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7)
+    fig.suptitle("latentserve on loopback, one uvicorn worker (solid: batching on, dashed: off)")
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    path: Path,
+    info: dict[str, str],
+    origin: dict[str, str],
+    lines: list[str],
+    ratio_lines: list[str],
+    inproc: dict[str, float],
+    profiles: dict[str, tuple[list[tuple[str, float]], list[tuple[str, float]]]],
+    args: argparse.Namespace,
+    wall: float,
+) -> None:
+    md = [
+        "# Serving benchmark",
+        "",
+        f"`python bench/serving.py{' --quick' if args.quick else ''}`: wrk (one thread) on loopback against "
+        f"`python -m service` (one uvicorn worker, default settings but batching), {args.duration:g} s per "
+        f"point, best of {args.reps} interleaved runs (batching off, on, off, on ...); "
+        f"whole run {wall:.0f} s.",
+        "",
+        "## Machine",
+        "",
+    ]
+    md += [f"- {k}: {v}" for k, v in info.items()]
+    md += [
+        "- note: the CPU is shared with other jobs during this run (see the load average); wrk, the server "
+        "and everything else compete for the same cores, so req/s is noisy. The server's CPU time per "
+        "request (from /proc, all threads) is much less sensitive to that and is given beside it.",
+        "",
+        "## Models",
+        "",
+    ]
+    md += [f"- `{k}`: {v}" for k, v in origin.items()]
+    md += [
+        "",
+        "## Results",
+        "",
+        "| scenario | batching | c | req/s | samples/s | p50 ms | p99 ms | CPU us/req | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *lines,
+        "",
+        "In-process onnxruntime (same session options as the server, best of repeated runs), 1024 prior "
+        "draws per run: " + ", ".join(f"{k} {v:,.0f} samples/s" for k, v in inproc.items()),
+        "",
+        "## Targets",
+        "",
+        *ratio_lines,
+        "",
+        "![serving](serving.png)",
+        "",
+    ]
+    for what, (incl, leaf) in profiles.items():
+        md += [
+            f"## Where the time goes: {what}",
+            "",
+            "py-spy, inclusive share of the event-loop thread's samples:",
+            "",
+            "| function | share |",
+            "| --- | --- |",
+        ]
+        md += [f"| `{f}` | {s:.1%} |" for f, s in incl]
+        md += [
+            "",
+            "Self time, all busy threads (a leaf in `Runner.run` is uvloop's C code: sockets, waiting):",
+            "",
+            "| function | share |",
+            "| --- | --- |",
+        ]
+        md += [f"| `{f}` | {s:.1%} |" for f, s in leaf]
+        md.append("")
+    path.write_text("\n".join(md))
+
+
+def run_all(
+    scs: list[Scenario], concs: list[int], args: argparse.Namespace, workdir: Path
+) -> tuple[Results, list[str], dict[str, Any]]:
+    """Both server configurations at once, runs interleaved, best run kept per point."""
+    res: Results = {}
+    lines: list[str] = []
+    profiles: dict[str, Any] = {}
+    with server(CACHE, False, workdir) as (url_off, p_off), server(CACHE, True, workdir) as (url_on, p_on):
+        servers = ((False, url_off, p_off.pid), (True, url_on, p_on.pid))
+        for sc in scs:
+            for _, url, _ in servers:
+                check_once(url, sc)
+                wrk(url, sc, 8, 1, workdir)  # warm-up: sessions, allocator, the inline-cost estimate
+            duration = max(args.duration, 3.0) if sc.rows > 1 else args.duration
+            for c in concs[:1] if sc.rows > 1 else concs:
+                for _ in range(args.reps):
+                    for b, url, pid in servers:
+                        r = wrk(url, sc, c, duration, workdir, pid)
+                        best = res.get((sc.label, b, c))
+                        if best is None or r["rps"] > best["rps"]:
+                            res[(sc.label, b, c)] = r
+                for b, _, _ in servers:
+                    lines.append(_row(sc.label, b, c, res[(sc.label, b, c)], sc.rows))
+                    log.info("%s", lines[-1])
+        for label in args.profile:
+            target = next((s for s in scs if s.label == label), None)
+            if target is not None:
+                profiles[f"`{label}`, c=16, batching off"] = profile(
+                    url_off, p_off.pid, target, 16, 6, workdir
+                )
+    return res, lines, profiles
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 s per point, one run, c = 1 and 16")
+    p.add_argument("--duration", type=float, default=None, help="seconds per point (default 2, quick 1)")
+    p.add_argument("--reps", type=int, default=None, help="interleaved runs per point (default 2, quick 1)")
+    p.add_argument(
+        "--profile",
+        nargs="*",
+        default=["/v1 sample n=1 [mlp]", "V2 infer decoder b=1 binary [mlp]"],
+        help="scenario labels to profile with py-spy at c=16, batching off",
+    )
+    p.add_argument("--out", type=Path, default=RESULTS / "serving.md")
+    args = p.parse_args(argv)
+    args.duration = args.duration or (1.0 if args.quick else 2.0)
+    args.reps = args.reps or (1 if args.quick else 2)
+    if args.quick:
+        args.profile = args.profile[:1]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    concs = [1, 16] if args.quick else [1, 16, 64]
+    t0 = time.perf_counter()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    origin = build_store(CACHE)
+    info = machine()
+    scs = scenarios(CACHE)
+    inproc = {
+        tag: inprocess_samples_s(CACHE, name, max(args.duration, 2.0))
+        for tag, name in (("mlp", MLP), ("conv", CONV))
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        res, lines, profiles = run_all(scs, concs, args, Path(tmp))
+    info["load_avg_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(res, concs, args.out.with_suffix(".png"))
+    write_report(
+        args.out,
+        info,
+        origin,
+        lines,
+        ratios(res, concs, inproc),
+        inproc,
+        profiles,
+        args,
+        time.perf_counter() - t0,
+    )
+    args.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "inprocess_samples_s": inproc,
+                "results": [{"scenario": k[0], "batching": k[1], "c": k[2], **v} for k, v in res.items()],
+            },
+            indent=1,
+        )
+    )
+    log.info("wrote %s (%.0f s)", args.out, time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
