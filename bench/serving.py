@@ -635,8 +635,9 @@ def run_all(
         for label in args.profile:
             target = next((s for s in scs if s.label == label), None)
             if target is not None:
-                profiles[f"`{label}`, c=16, batching off"] = profile(
-                    url_off, p_off.pid, target, 16, 6, workdir
+                c = 1 if target.rows > 1 else 16
+                profiles[f"`{label}`, c={c}, batching off"] = profile(
+                    url_off, p_off.pid, target, c, 6, workdir
                 )
     return res, lines, profiles
 
@@ -649,8 +650,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--profile",
         nargs="*",
-        default=["/v1 sample n=1 [mlp]", "V2 infer decoder b=1 binary [mlp]"],
-        help="scenario labels to profile with py-spy at c=16, batching off",
+        default=[
+            "/v1 sample n=1 [mlp]",
+            "V2 infer decoder b=1 binary [mlp]",
+            "V2 decode n=1024 binary [mlp]",
+        ],
+        help="scenario labels to profile with py-spy (c=16, n=1024 ones at c=1), batching off",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "serving.md")
     args = p.parse_args(argv)

@@ -61,10 +61,10 @@ def _from_spec(specs: list[TensorSpec]) -> tuple[TensorMeta, ...]:
 
 
 class Catalog:
-    """The V2 view of the store and runtime; its metadata cache is keyed by (model, version, graph)."""
+    """The V2 view of the store and runtime: name resolution, tensor metadata, load state."""
 
     def __init__(self) -> None:
-        self._meta: dict[tuple[str, int, str], GraphMeta] = {}
+        self._meta: dict[tuple[str, int, str], tuple[object, GraphMeta]] = {}
         self._unloaded: set[str] = set()
         self._lock = threading.Lock()
 
@@ -84,16 +84,19 @@ class Catalog:
         return mv, graph
 
     def metadata(self, runtime: Runtime, mv: ModelVersion, graph: str) -> GraphMeta:
+        """Tensor metadata of the session serving this graph now (cached until the session changes)."""
+        served = runtime.session(mv, graph)
         key = (mv.name, mv.version, graph)
-        meta = self._meta.get(key)
-        if meta is None:
-            sess = getattr(runtime.session(mv, graph), "session", None)
-            if sess is not None and hasattr(sess, "get_inputs"):
-                meta = GraphMeta(_from_ort(sess.get_inputs()), _from_ort(sess.get_outputs()))
-            else:
-                spec = mv.manifest.graphs[graph]
-                meta = GraphMeta(_from_spec(spec.inputs), _from_spec(spec.outputs))
-            self._meta[key] = meta
+        cached = self._meta.get(key)
+        if cached is not None and cached[0] is served:
+            return cached[1]
+        ort_sess = getattr(served, "session", None)
+        if ort_sess is not None and hasattr(ort_sess, "get_inputs"):
+            meta = GraphMeta(_from_ort(ort_sess.get_inputs()), _from_ort(ort_sess.get_outputs()))
+        else:
+            spec = mv.manifest.graphs[graph]
+            meta = GraphMeta(_from_spec(spec.inputs), _from_spec(spec.outputs))
+        self._meta[key] = (served, meta)
         return meta
 
     def names(self, store: ModelStore) -> list[tuple[str, ModelVersion]]:

@@ -201,7 +201,7 @@ def encode_response(
         if request.binary_output if o.binary is None else o.binary:
             raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
             head["parameters"] = {"binary_data_size": raw.nbytes}
-            blobs.append(memoryview(raw).cast("B"))
+            blobs.append(raw.reshape(-1).view(np.uint8).data)  # a buffer over the array, no copy
         else:
             head["data"] = np.ascontiguousarray(arr).reshape(-1)
         heads.append(head)
