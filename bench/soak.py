@@ -167,18 +167,25 @@ async def drive(base: str, calls: list[Call], total: int, concurrency: int, tall
 class RssSampler(threading.Thread):
     """Samples the server's VmRSS (kB) against the number of completed requests."""
 
-    def __init__(self, pid: int, tally: Tally, every_s: float = 0.25) -> None:
+    def __init__(self, pid: int, tally: Tally, total: int, every_s: float = 0.25) -> None:
         super().__init__(daemon=True)
-        self.pid, self.tally, self.every_s = pid, tally, every_s
+        self.pid, self.tally, self.total, self.every_s = pid, tally, total, every_s
         self.samples: list[tuple[float, int, int]] = []  # (seconds, requests done, rss kB)
         self.stop = threading.Event()
 
     def run(self) -> None:
         t0 = time.monotonic()
+        next_report = 0.1
         while not self.stop.is_set():
             rss = vm_rss_kb(self.pid)
+            done = self.tally.done
             if rss is not None:
-                self.samples.append((time.monotonic() - t0, self.tally.done, rss))
+                self.samples.append((time.monotonic() - t0, done, rss))
+                if done >= next_report * self.total:
+                    log.info("%3.0f%%: %d requests in %.0f s, RSS %.1f MiB, unexpected errors %d",
+                             100 * done / self.total, done, time.monotonic() - t0, rss / 1024,
+                             len(self.tally.unexpected))
+                    next_report += 0.1
             self.stop.wait(self.every_s)
 
 
@@ -322,7 +329,7 @@ def run(args: argparse.Namespace) -> Result:
     proc = start_server(store, port, env_extra, log_path)
     base = f"http://127.0.0.1:{port}"
     tally = Tally()
-    sampler = RssSampler(proc.pid, tally)
+    sampler = RssSampler(proc.pid, tally, args.requests)
     try:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
             calls = build_calls(c, args.max_items)
