@@ -35,9 +35,6 @@ BASE_MODEL: dict[str, Any] = dict(hidden=(128, 64))
 ZOO_TUNING: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gan": ({"epochs": 200}, {"encoder_epochs": 100}),  # adversarial training needs longer; no early stop
     "aae": ({"epochs": 80}, {}),
-    # beta = 4 (the family default) collapses the posterior on 64-pixel digits: every sample decodes to
-    # the same blur (pixel std across samples 0.01); beta = 2 keeps beta > 1 and samples that differ (0.08).
-    "beta-vae": ({}, {"beta": 2.0}),
 }
 KEY_METRICS = ("test_recon_mse", "nll_is", "val_loss", "epochs_run", "train_seconds",
                "parity_onnx_max_abs_diff")
