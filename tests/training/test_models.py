@@ -240,7 +240,7 @@ def test_contractive_penalty_trains(batch: torch.Tensor) -> None:
             opt.zero_grad()
             model(batch).loss.backward()
             opt.step()
-        norms[lam] = float(model.jacobian_norm2(batch)[1].mean())
+        norms[lam] = float(model.jacobian_norm2(batch)[1].mean().detach())
     assert norms[1.0] < 0.5 * norms[0.0], norms
 
 
@@ -413,3 +413,18 @@ def test_gan_r1_penalty(batch: torch.Tensor) -> None:
         for xi in x
     ])
     torch.testing.assert_close(out.terms["r1"], 5.0 * grads.mean(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_phases_run_under_bf16_autocast(name: str) -> None:
+    """The trainer runs CUDA in bf16 autocast: under CPU autocast each phase must stay finite and backprop."""
+    model = _make(name)
+    x = torch.rand(16, 1, 8, 8)
+    for stage in model.stages():
+        for phase in stage.phases:
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x, phase)
+            assert torch.isfinite(out.loss), (name, phase)
+            out.loss.backward()
+            assert any(p.grad is not None for p in model.phase_parameters(phase)), (name, phase)

@@ -59,6 +59,7 @@ class VAE(GenerativeModel):
 
     def log_likelihood(self, x: Tensor, logits: Tensor) -> Tensor:
         """log p(x|z) per image (B,), summed over pixels; the decoder mean is sigmoid(logits)."""
+        logits = logits.float()  # under bf16 autocast: the squared error / sigma^2 needs float32
         if self.cfg.likelihood == "bernoulli":
             nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
         else:

@@ -30,6 +30,9 @@ def imq_mmd(x: Tensor, y: Tensor, prior_var: float = 1.0,
     k(a, b) = sum_s C_s / (C_s + ||a - b||^2), C_s = 2 d sigma^2 s. The IMQ's heavy tails keep gradients
     alive for codes far from the prior, where an RBF kernel would vanish.
     """
+    if torch.is_autocast_enabled(x.device.type):  # distances of nearby codes need float32, not bf16
+        with torch.autocast(x.device.type, enabled=False):
+            return imq_mmd(x.float(), y.float(), prior_var, scales)
     n, m, d = len(x), len(y), x.shape[1]
     dxx, dyy, dxy = _sq_dist(x, x), _sq_dist(y, y), _sq_dist(x, y)
     total = x.new_zeros(())
