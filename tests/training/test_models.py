@@ -253,7 +253,8 @@ def test_sparse_kl_penalty_matches_its_formula(batch: torch.Tensor) -> None:
     rho_hat = h.mean(axis=0)
     expected = lam * np.sum(rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat)))
     assert out.terms["kl"].item() == pytest.approx(expected, rel=1e-4)
-    assert float(out.code.min()) > 0 and float(out.code.max()) < 1  # the sigmoid code
+    code = out.code.detach()
+    assert float(code.min()) > 0 and float(code.max()) < 1  # the sigmoid code
 
 
 def test_sparse_l1_penalty_matches_its_formula(batch: torch.Tensor) -> None:
