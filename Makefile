@@ -29,7 +29,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest -n 2 --timeout 300
 
 models: $(VENV)/.dev
-	$(BIN)/python -m training zoo --store models_store
+	$(BIN)/python -m training zoo --store models_store --fresh
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/serving.py
