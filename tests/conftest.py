@@ -8,7 +8,12 @@ score with a critic graph) -- each version 1, trained for a few steps on the see
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One BLAS/OpenMP thread per test process: the suite runs as 2 xdist workers on 2 cores, and tiny models
+# run many times slower when several processes each spin up a full thread pool. Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
