@@ -13,9 +13,9 @@ It starts `python -m service` (one uvicorn worker) on loopback over a private st
                                                 draws, against in-process onnxruntime (server's options)
 
 Both server configurations (batching off, on) run at once, each in its own process, and every point is
-measured in interleaved runs (off, on, off, on ...), keeping the best, so load from other jobs on a shared
-host hits both alike. The server's CPU time per request (from /proc) is reported beside req/s: it is far
-less sensitive to a busy host. Results go to
+measured in interleaved runs (off, on, then on, off ...), keeping the best, so load from other jobs on a
+shared host hits both alike. The server's CPU time per request (from /proc) is reported beside req/s: it is
+far less sensitive to a busy host. Results go to
 bench/results/serving.md (table, machine, target ratios) and serving.png. The store holds the zoo's
 `vae-digits` (copied from models_store/, or trained for a few steps when the zoo is absent) and a conv VAE on
 synthetic 28x28 images trained for a few steps by `training.pipeline` (the weights are barely trained; the
@@ -552,7 +552,7 @@ def write_report(
         "",
         f"`python bench/serving.py{' --quick' if args.quick else ''}`: wrk (one thread) on loopback against "
         f"`python -m service` (one uvicorn worker, default settings but batching), {args.duration:g} s per "
-        f"point, best of {args.reps} interleaved runs (batching off, on, off, on ...); "
+        f"point, best of {args.reps} interleaved runs (batching off, on, then on, off ...); "
         f"whole run {wall:.0f} s.",
         "",
         "## Machine",
@@ -623,8 +623,8 @@ def run_all(
                 wrk(url, sc, 8, 1, workdir)  # warm-up: sessions, allocator, the inline-cost estimate
             duration = max(args.duration, 3.0) if sc.rows > 1 else args.duration
             for c in concs[:1] if sc.rows > 1 else concs:
-                for _ in range(args.reps):
-                    for b, url, pid in servers:
+                for rep in range(args.reps):  # off, on; then on, off: neither always runs second
+                    for b, url, pid in servers if rep % 2 == 0 else servers[::-1]:
                         r = wrk(url, sc, c, duration, workdir, pid)
                         best = res.get((sc.label, b, c))
                         if best is None or r["rps"] > best["rps"]:

@@ -12,9 +12,9 @@ waits forever, and an execution that fails fails only the requests of its batch.
 Only requests with the same input names, dtypes and trailing shapes share a batch, so one malformed request
 can never fail its neighbours' batch. A request bigger than `max_batch_size` runs alone, unsplit.
 
-Work measured to be tiny (below `inline_below_us` predicted from the moving average of compute time per row)
-runs on the event loop instead: handing it to a thread and back costs more than the inference itself. The
-first execution of a graph always goes to the pool, so nothing unmeasured ever blocks the loop.
+Work measured to be tiny (below `inline_below_us`, predicted from the least compute time per row of recent
+executions) runs on the event loop instead: handing it to a thread and back costs more than the inference
+itself. The first execution of a graph always goes to the pool, so nothing unmeasured ever blocks the loop.
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ class Batcher:
         self._executor = executor
         self._model, self._version, self._stats = model, version, stats
         self._reset(None)
-        self._s_per_row: float | None = None  # moving average of measured compute time per row
+        # Compute time per row: the minimum of recent executions, since wall time measured on a busy host
+        # also counts waits for a core or the GIL, which says nothing about the work itself.
+        self._recent: deque[float] = deque(maxlen=32)
+        self._s_per_row: float | None = None
 
     def _reset(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
@@ -240,8 +243,8 @@ class Batcher:
         start = time.perf_counter()
         out = self._run(merged)
         took = time.perf_counter() - start
-        per_row = took / max(sum(rows), 1)
-        self._s_per_row = per_row if self._s_per_row is None else 0.8 * self._s_per_row + 0.2 * per_row
+        self._recent.append(took / max(sum(rows), 1))
+        self._s_per_row = min(self._recent)
         if self._stats is not None:
             self._stats.execution(self._model, self._version, sum(rows), took)
         if len(feeds) == 1:

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=1, ge=0, description="onnxruntime intra-op threads (0 = its default)"
     )
-    batching: bool = False
+    # On: under load it merges requests (fewer thread hand-offs and onnxruntime calls); idle it runs each at
+    # once, the same as off (bench/results/serving.md).
+    batching: bool = Field(default=True, description="merge concurrent requests to one graph (dim 0)")
     max_batch_size: int = Field(default=64, ge=1)
     # 0: a batch is whatever queued while the previous ones ran, so an idle server adds no wait and a busy
     # one still batches (bench/results/serving.md: 500 us cost latency and CPU at c=1 and gained nothing).
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
         default=None, ge=1, description="executions of one graph at once; None: one per core, 2 to 8"
     )
     inline_below_us: float = Field(
-        default=100.0, ge=0, description="predicted compute below this runs on the event loop (0 = never)"
+        default=0.0, ge=0, description="predicted compute below this runs on the event loop (0 = never)"
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_items: int = Field(default=256, ge=1, description="images or latents per request")

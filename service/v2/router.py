@@ -19,7 +19,6 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-import service
 from service.errors import CapabilityMissing, InvalidInput, ModelNotFound, NotReady, ServiceError
 from service.runtime import Runtime
 from service.shutdown import is_draining
@@ -122,10 +121,9 @@ def _served(request: Request, name: str, version: str | None) -> tuple[ModelVers
 
 # --- health and server metadata -----------------------------------------------------------------
 @router.get("", response_model=ServerMetadataResponse)
-async def server_metadata() -> Response:
+async def server_metadata(request: Request) -> Response:
     """Server name, version and the protocol extensions it supports."""
-    return _json({"name": "latentserve", "version": service.__version__ if hasattr(service, "__version__")
-                  else "0.1.0", "extensions": EXTENSIONS})
+    return _json({"name": "latentserve", "version": request.app.version, "extensions": EXTENSIONS})
 
 
 @router.get("/health/live")
