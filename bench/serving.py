@@ -349,39 +349,36 @@ def inprocess_samples_s(store: Path, name: str, seconds: float) -> float:
 IDLE = ("Condition.wait", "_worker (concurrent", "WorkerThread.run", "Event.wait")
 
 
+#: Where an event-loop-thread sample goes: the first rule with a frame on its stack (most specific first).
+CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("onnxruntime on the event loop (inline)", ("Session.run (onnxruntime",)),
+    ("response: send through the middleware chain, uvicorn, socket write", ("Response.__call__",)),
+    ("sync FastAPI dependencies, each a thread-pool round trip", ("run_in_threadpool",)),
+    ("inference dispatch: Runtime.infer, batcher, thread hand-off", ("Runtime.infer",)),
+    ("endpoint: parse, validate, ops, encode", ("run_endpoint_function",)),
+    ("FastAPI routing, body reading, dependency solving", ("APIRouter.app", "Router.__call__")),
+    ("middleware before the router (limits, access, drain, metrics ...)", ("FastAPI.__call__",)),
+]
+OUTSIDE = "uvloop and uvicorn outside the app: sockets, HTTP parsing, waiting"
+
+
 def profile(
     url: str, pid: int, sc: Scenario, conc: int, seconds: float, workdir: Path
 ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """py-spy the server while wrk drives one scenario.
 
-    Returns (inclusive share of event-loop-thread samples per function, self share per leaf function), idle
-    worker threads excluded. A leaf in uvicorn's `asyncio_run`/`Runner.run` is time inside uvloop's C code:
-    socket I/O and waiting for events.
+    Returns (the event-loop thread's samples by category, with worker threads as a share of all busy
+    samples), and the self time per leaf function over all busy threads. Idle pool threads are excluded.
     """
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = workdir / "profile.txt"
-    spy = subprocess.Popen(
-        [
-            pyspy,
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(int(seconds)),
-            "--rate",
-            "250",
-            "--format",
-            "raw",
-            "--output",
-            str(raw),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [pyspy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+           "--format", "raw", "--output", str(raw)]  # fmt: skip
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     wrk(url, sc, conc, seconds - 1, workdir)
     spy.wait(seconds + 30)
-    incl: dict[str, float] = defaultdict(float)
+    cats: dict[str, float] = defaultdict(float)
     leaf: dict[str, float] = defaultdict(float)
     loop_total = all_total = 0.0
     for line in raw.read_text().splitlines() if raw.exists() else []:
@@ -392,18 +389,17 @@ def profile(
         n = float(count)
         all_total += n
         leaf[frames[-1]] += n
-        if any("Server.run" in f for f in frames):  # the event-loop thread
-            loop_total += n
-            for f in set(frames):
-                incl[f] += n
-    interesting = [
-        (f, c / loop_total)
-        for f, c in incl.items()
-        if loop_total and c / loop_total < 0.97 and "(<frozen" not in f
-    ]
-    top_incl = sorted(interesting, key=lambda kv: -kv[1])[:25]
+        if not any("Server.run" in f for f in frames):
+            continue  # a worker thread
+        loop_total += n
+        joined = ";".join(frames)
+        cat = next((c for c, keys in CATEGORIES if any(k in joined for k in keys)), OUTSIDE)
+        cats[cat] += n
+    by_cat = [(c, cats[c] / loop_total) for c, _ in [*CATEGORIES, (OUTSIDE, ())] if loop_total and c in cats]
+    if all_total:
+        by_cat.append(("(worker threads, share of all busy samples)", 1 - loop_total / all_total))
     top_leaf = [(f, c / all_total) for f, c in sorted(leaf.items(), key=lambda kv: -kv[1])[:12]]
-    return top_incl, top_leaf
+    return by_cat, top_leaf
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -586,16 +582,16 @@ def write_report(
         "![serving](serving.png)",
         "",
     ]
-    for what, (incl, leaf) in profiles.items():
+    for what, (by_cat, leaf) in profiles.items():
         md += [
             f"## Where the time goes: {what}",
             "",
-            "py-spy, inclusive share of the event-loop thread's samples:",
+            "py-spy (250 Hz): the event-loop thread's busy samples by where they were (first match):",
             "",
-            "| function | share |",
+            "| where | share |",
             "| --- | --- |",
         ]
-        md += [f"| `{f}` | {s:.1%} |" for f, s in incl]
+        md += [f"| {c} | {s:.1%} |" for c, s in by_cat]
         md += [
             "",
             "Self time, all busy threads (a leaf in `Runner.run` is uvloop's C code: sockets, waiting):",
