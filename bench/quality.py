@@ -1,7 +1,7 @@
 """Quality benchmark (issue 6): every family against strong baselines, on one split, in one run.
 
     python bench/quality.py            # the full run -> bench/results/quality.md, quality.json, quality/*.png
-    python bench/quality.py --quick    # digits only, 3 one-class tasks, few epochs: a smoke run (< 2 min)
+    python bench/quality.py --quick    # digits only, 2 one-class tasks, few epochs: a smoke run (< 2 min)
 
 Sections per dataset (digits, and mnist-10k when ../shared/datasets/mnist-t10k is there): denoising,
 generation + density, one-class anomaly detection. The JSON and the markdown are rewritten after every
@@ -137,7 +137,7 @@ def run_dataset(run: Run, data: BenchData, budget: Budget, sections: tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="digits, 3 one-class tasks, few epochs (< 2 min)")
+    p.add_argument("--quick", action="store_true", help="digits, 2 one-class tasks, few epochs (< 2 min)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="report folder")
     p.add_argument("--datasets", default=None,
                    help="comma list of digits,mnist-10k (default: both; quick: digits)")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if docs is not None:
         docs.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    note = ("Quick smoke run: few epochs, 3 one-class tasks; numbers are NOT the benchmark's."
+    note = ("Quick smoke run: few epochs, 2 one-class tasks; numbers are NOT the benchmark's."
             if args.quick else "The CPU was shared with other jobs during this run, so wall times are "
             "pessimistic.")
     run = Run(args.out, command.strip(), note, docs)

@@ -122,8 +122,8 @@ class Budget:
 
     @staticmethod
     def quick() -> Budget:
-        return Budget(patience=3, oneclass_steps={"mlp": 150, "conv": 30}, full_epochs={"mlp": 15, "conv": 1},
-                      classes=(0, 1, 7), anomaly_is_k=4, density_k=32, pyod_epochs=2, clf_epochs=2, n_gen=200)
+        return Budget(patience=3, oneclass_steps={"mlp": 100, "conv": 30}, full_epochs={"mlp": 10, "conv": 1},
+                      classes=(0, 7), anomaly_is_k=4, density_k=16, pyod_epochs=2, clf_epochs=2, n_gen=200)
 
 
 #: Model config per (backbone, family): tuned on digits / the MNIST training split only.

@@ -169,7 +169,9 @@ def train_generator(fam: str, data: BenchData, budget: Budget, seed: int, x_bin_
                     ) -> tuple[GenerativeModel, dict[str, float] | None, dict[str, float]]:
     """Fit one generator on the whole training split; for the VAEs also their test NLL."""
     t0 = time.perf_counter()
-    model = fit(fam, data.train.x, data, budget, seed, "full", model_cls=BINARISED.get(fam))
+    # binary pixels: the Bernoulli likelihood (the family's default is a gaussian on grey levels)
+    extra = {"likelihood": "bernoulli"} if fam in BINARISED else {}
+    model = fit(fam, data.train.x, data, budget, seed, "full", model_cls=BINARISED.get(fam), **extra)
     times = {f"{fam} train": time.perf_counter() - t0}
     density = None
     if fam in BINARISED:

@@ -137,12 +137,12 @@ def denoise_figure(ds: str, examples: dict[str, dict[str, np.ndarray]], fig_dir:
     """Per condition, rows: clean, noisy, each estimate; 8 test images per row."""
     conds = list(examples)
     fig, axes = plt.subplots(1, len(conds), figsize=(3.4 * len(conds), 3.2))
-    for ax, cond in zip(np.atleast_1d(axes), conds, strict=True):
+    for i, (ax, cond) in enumerate(zip(np.atleast_1d(axes), conds, strict=True)):
         rows = examples[cond]
         ax.imshow(_grid(np.concatenate(list(rows.values())), 8), cmap="gray", vmin=0, vmax=1)
         ax.set_title(cond, fontsize=9)
         h = next(iter(rows.values())).shape[-1] + 1
-        ax.set_yticks([h * i + h / 2 for i in range(len(rows))], list(rows), fontsize=6)
+        ax.set_yticks([h * r + h / 2 for r in range(len(rows))], list(rows) if i == 0 else [], fontsize=7)
         ax.set_xticks([])
     return _save(fig, fig_dir / f"denoise_{ds}.png")
 

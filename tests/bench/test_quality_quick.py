@@ -56,6 +56,7 @@ def test_mahalanobis_ranks_outliers_last() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about a minute on 2 idle cores; far longer when the CPU is shared
 def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(BENCH / "quality.py"), "--quick", "--out", str(out)],
