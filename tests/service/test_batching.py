@@ -170,8 +170,9 @@ def test_instances_run_batches_side_by_side() -> None:
     async def main() -> list[dict[str, np.ndarray]]:
         with ThreadPoolExecutor(4) as pool:
             b = Batcher(meet, BatchConfig(1, 0, 8, instances=2), pool)
-            return await asyncio.wait_for(asyncio.gather(
-                b.infer({"x": np.zeros((1, 1), np.float32)}), b.infer({"x": np.ones((1, 1), np.float32)})), 10)
+            both = asyncio.gather(b.infer({"x": np.zeros((1, 1), np.float32)}),
+                                  b.infer({"x": np.ones((1, 1), np.float32)}))
+            return await asyncio.wait_for(both, 10)
 
     a, b = asyncio.run(main())
     assert float(a["y"][0, 0]) == 0.0 and float(b["y"][0, 0]) == 1.0
