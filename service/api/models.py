@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from service.api.deps import StoreDep, require_api_key
+from service.api.deps import StoreDep
 from service.schemas import ModelDetailResponse, ModelsResponse
 from service.store.repository import ModelStore, ModelVersion
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def summary(store: ModelStore, mv: ModelVersion) -> dict[str, Any]:
