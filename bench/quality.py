@@ -69,21 +69,30 @@ def machine() -> str:
 class Run:
     """Holds the JSON-able results and rewrites quality.json / quality.md on every `save()`."""
 
-    def __init__(self, out: Path, command: str, note: str, docs: Path | None) -> None:
+    def __init__(self, out: Path, command: str, note: str, docs: Path | None, update: bool = False) -> None:
         self.out, self.fig_dir, self.docs = out, out / "quality", docs
         self.t0 = time.perf_counter()
-        self.results: dict[str, Any] = {"meta": {
-            "command": command, "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "status": "running",
-            "machine": machine(), "wall_s": 0.0, "note": note, "protocol": PROTOCOL}, "datasets": {}}
+        started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        previous = out / "quality.json"
+        if update and previous.exists():
+            # re-run some sections into an existing report: the times add up, the rerun is listed
+            self.results = json.loads(previous.read_text())
+            meta = self.results["meta"]
+            meta.setdefault("updates", []).append(f"`{command}` on {started}")
+            self.base = (meta["wall_s"], meta.get("cpu_s", 0.0))
+            return
+        self.base = (0.0, 0.0)
+        self.results = {"meta": {
+            "command": command, "started": started, "status": "running", "machine": machine(), "wall_s": 0.0,
+            "note": note, "protocol": PROTOCOL}, "datasets": {}}
 
     def save(self, status: str = "partial: still running") -> None:
         meta = self.results["meta"]
-        meta["status"], meta["wall_s"] = status, time.perf_counter() - self.t0
+        meta["status"], meta["wall_s"] = status, self.base[0] + time.perf_counter() - self.t0
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         # CPU seconds of this process and its finished workers: on a shared machine, cpu_s / 2 is the
         # better estimate of the wall time on 2 dedicated cores
-        meta["cpu_s"] = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        meta["cpu_s"] = self.base[1] + own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "quality.json").write_text(json.dumps(self.results, indent=1, default=float))
         (self.out / "quality.md").write_text(quality_report.render(self.results, "quality"))
@@ -106,8 +115,10 @@ def docs_page(results: dict[str, Any]) -> str:
 
 
 def run_dataset(run: Run, data: BenchData, budget: Budget, sections: tuple[str, ...], seed: int) -> None:
-    r: dict[str, Any] = {"split": data.describe(), "budget": {k: v for k, v in vars(budget).items()}}
-    run.results["datasets"][data.name] = r
+    r: dict[str, Any] = run.results["datasets"].setdefault(data.name, {})
+    if r.get("split", {}).get("seed", seed) != seed:
+        raise SystemExit(f"--update: {data.name} was split with seed {r['split']['seed']}, not {seed}")
+    r.update({"split": data.describe(), "budget": {k: v for k, v in vars(budget).items()}})
     run.fig_dir.mkdir(parents=True, exist_ok=True)
     if "denoising" in sections:
         dn = quality_denoise.run(data, budget, seed)
@@ -144,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
     p.add_argument("--families", default=None, help="comma list of registry names for the anomaly section")
     p.add_argument("--seed", type=int, default=SPLIT_SEED, help="split and training seed")
+    p.add_argument("--update", action="store_true",
+                   help="re-run only --sections/--datasets and merge them into the existing report in --out")
     p.add_argument("--limit", type=int, default=None, help="keep this many images per dataset (smoke runs)")
     p.add_argument("--docs", type=Path, default=None, help="also write the README text here "
                    "(default: docs/quality.md for a full run into bench/results)")
@@ -171,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     note = ("Quick smoke run: few epochs, 2 one-class tasks; numbers are NOT the benchmark's."
             if args.quick else "The CPU was shared with other jobs during this run, so wall times are "
             "pessimistic.")
-    run = Run(args.out, command.strip(), note, docs)
+    run = Run(args.out, command.strip(), note, docs, update=args.update)
     for data in load_datasets(names, args.seed, args.limit):
         log.info("dataset %s: %s", data.name, data.describe())
         run_dataset(run, data, budget, sections, args.seed)

@@ -105,6 +105,7 @@ class Budget:
     patience: int = 5
     oneclass_steps: dict[str, int] = field(default_factory=lambda: {"mlp": 1000, "conv": 250})
     full_epochs: dict[str, int] = field(default_factory=lambda: {"mlp": 150, "conv": 12})
+    denoise_epochs: dict[str, int] = field(default_factory=lambda: {"mlp": 150, "conv": 20})
     #: per-family factor on the one-class steps: the contractive penalty costs d extra backward passes a step
     family_factor: dict[str, float] = field(default_factory=lambda: {"ae-contractive": 0.25})
     classes: tuple[int, ...] = tuple(range(10))  # one-class tasks
@@ -123,6 +124,7 @@ class Budget:
     @staticmethod
     def quick() -> Budget:
         return Budget(patience=3, oneclass_steps={"mlp": 100, "conv": 30}, full_epochs={"mlp": 10, "conv": 1},
+                      denoise_epochs={"mlp": 10, "conv": 1},
                       classes=(0, 7), anomaly_is_k=4, density_k=16, pyod_epochs=2, clf_epochs=2, n_gen=200)
 
 
@@ -149,7 +151,8 @@ def fit(family: str, x: np.ndarray, data: BenchData, budget: Budget, seed: int, 
         model_cls: type[GenerativeModel] | None = None, **overrides: Any) -> GenerativeModel:
     """Train a registry family on images `x` with the project's Trainer; returns it in eval mode on CPU.
 
-    `purpose` "oneclass" trains for budget.oneclass_steps, "full" for budget.full_epochs. 10% of `x`
+    `purpose` "oneclass" trains for budget.oneclass_steps, "full" / "denoise" for budget.full_epochs /
+    budget.denoise_epochs (with the "full" model config). 10% of `x`
     (seeded) is held out for early stopping; the test split is never seen.
     """
     entry = REGISTRY[family]
@@ -166,6 +169,8 @@ def fit(family: str, x: np.ndarray, data: BenchData, budget: Budget, seed: int, 
     if purpose == "oneclass":
         steps = budget.oneclass_steps[data.backbone] * budget.family_factor.get(family, 1.0)
         epochs = max(1, math.ceil(steps / math.ceil(len(train) / budget.batch_size)))
+    elif purpose == "denoise":
+        epochs = budget.denoise_epochs[data.backbone]
     else:
         epochs = budget.full_epochs[data.backbone]
     tc = TrainConfig(model=family, seed=seed, epochs=epochs, batch_size=budget.batch_size,

@@ -86,8 +86,9 @@ def condition(data: BenchData, budget: Budget, seed: int, i: int, cond: str) -> 
     m = _tune(median, [2, 3, 5], tune_x, dirty_tune)
     t0 = time.perf_counter()
     # a wider code than the generators': here the code must carry the whole clean image, not a summary
-    latent = 32 if data.backbone == "conv" else 24
-    dae = fit("ae-denoising", fit_x, data, budget, seed + i, "full", corruption=kind, noise_level=level,
+    # (MNIST, gaussian 0.2: 21.7 dB with a 32-d code and 12 epochs, 23.8 dB with 64-d and 20 epochs)
+    latent = 64 if data.backbone == "conv" else 24
+    dae = fit("ae-denoising", fit_x, data, budget, seed + i, "denoise", corruption=kind, noise_level=level,
               latent_dim=latent)
     seconds = time.perf_counter() - t0
     est = {"noisy input": dirty, "gaussian blur": blur(dirty, s), "median filter": median(dirty, m),
