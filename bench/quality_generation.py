@@ -214,6 +214,11 @@ def run(data: BenchData, budget: Budget, seed: int) -> dict[str, Any]:
     codes = np.asarray(batched(models["ae"].encode, data.train.x))
     for kind in ("gmm", "gaussian"):
         samples[f"ae+{kind}"] = sample_model(models["ae"], n, seed, fit_prior(codes, kind, 10, seed))
+    # not what the service samples (a VAE's published prior is N(0, I)): the same ex-post GMM as the AEs',
+    # fitted on the VAE's posterior means, to show how much of its gap is the prior hole problem
+    codes = np.asarray(batched(models["vae"].encode, data.train.x))
+    vae_prior = fit_prior(codes, "gmm", 10, seed)
+    samples["vae+gmm (ex-post, not served)"] = sample_model(models["vae"], n, seed, vae_prior)
     samples["gmm-on-pca (ref)"] = gmm_pca_samples(data.train.x, n, seed)
     pick = np.random.default_rng(seed + 1).permutation(len(data.train))[:min(n, len(data.train))]
     held = data.train.x[pick]
