@@ -113,8 +113,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an event loop marked running in this thread
+    # while it is open, so asyncio/anyio tests that a worker runs afterwards would fail with "Cannot run
+    # the event loop while another loop is running".
     from playwright.sync_api import sync_playwright  # the dev extra has it; a missing one is an error
 
     with sync_playwright() as pw:
