@@ -289,4 +289,6 @@ def render(results: dict[str, Any], fig_rel: str) -> str:
             lines += ["<details><summary>wall times (s)</summary>", "", "| step | s |", "| --- | ---: |",
                       *(f"| {k} | {v:.1f} |" for k, v in times.items()), "", "</details>", ""]
     lines += ["## Protocol notes", "", *meta["protocol"], ""]
+    if meta.get("tuning"):
+        lines += ["## Tuning and misses", "", *meta["tuning"], ""]
     return "\n".join(lines)
