@@ -151,7 +151,7 @@ def test_cli_export_triton(onnx_store: Path, tmp_path: Path) -> None:
 
 
 def _docs_snippet() -> str:
-    text = (REPO / "docs" / "deploy.md").read_text()
+    text = (REPO / "README.md").read_text()
     marker = text.index("test_triton_export.py runs this block")
     start = text.index("```python\n", marker) + len("```python\n")
     return text[start:text.index("```", start)]
@@ -171,7 +171,7 @@ def test_docs_tritonclient_snippet_runs_against_us_and_matches_the_export(
     code = code.replace('url="localhost:8000"', f'url="{url.removeprefix("http://")}"')
     code = code.replace('model = "vae-digits.decoder"', f'model = "{MODEL}.decoder"')
     scope: dict = {}
-    exec(compile(code, "docs/deploy.md", "exec"), scope)  # noqa: S102 - our own documentation
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
     assert scope["images"].shape == (4, 1, 8, 8)
     assert float(scope["images"].min()) >= 0.0 and float(scope["images"].max()) <= 1.0
 
