@@ -6,7 +6,7 @@
         z = c.encode("vae-digits", images).mean             # (16, 8)
 
 Errors come back as `ApiError` carrying the server's RFC 9457 problem (status, type, title, detail).
-Needs httpx (installed with the dev extra), not the server's dependencies.
+Needs httpx (`pip install latentserve[client]`), not the server's dependencies.
 """
 
 from __future__ import annotations
