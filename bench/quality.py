@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         docs.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     note = ("Quick smoke run: few epochs, 2 one-class tasks; numbers are NOT the benchmark's."
-            if args.quick else "The CPU was shared with other jobs during this run, so wall times are "
-            "pessimistic.")
+            if args.quick else "Load average at the start: {:.1f} {:.1f} {:.1f}; other jobs on the machine "
+            "lengthen wall time, CPU time is the steadier number.".format(*os.getloadavg()))
     run = Run(args.out, command.strip(), note, docs, update=args.update or args.render_only)
     if args.render_only:
         run.results["meta"]["updates"].pop()  # rendering is not a re-run
