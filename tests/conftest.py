@@ -9,6 +9,7 @@ score with a critic graph) -- each version 1, trained for a few steps on the see
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 # One BLAS/OpenMP thread per test process: the suite runs as 2 xdist workers on 2 cores, and tiny models
@@ -60,3 +61,26 @@ def torch_single_thread() -> None:
 def tiny_spec():  # noqa: ANN201 - test modules get the builder without importing conftest
     """`build_tiny_spec` as a fixture: `tiny_spec("vae", store, run_dir, name=..., epochs=3)`."""
     return build_tiny_spec
+
+
+# --- security and reliability tests (tests/security, tests/reliability) --------------------------------
+# Their helpers (tests/service/storebuilder.py: onnx.helper graphs, no torch; tests/security/hardkit.py)
+# are imported by bare name from both folders.
+_TESTS = Path(__file__).resolve().parent
+for _p in (_TESTS / "service", _TESTS / "security"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests marked `anyio` run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The standard fixture store (read-only by convention: copy it before changing anything)."""
+    from storebuilder import build_store
+
+    return build_store(tmp_path_factory.mktemp("hardening") / "models_store")
