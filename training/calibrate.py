@@ -118,11 +118,14 @@ def fit_prior(codes: np.ndarray, kind: str, components: int, seed: int) -> Gauss
 
 def latent_prior(model: GenerativeModel, train_x: np.ndarray, kind: str, components: int,
                  seed: int) -> NormalPrior | GaussianPrior | GMMPrior:
-    """N(0, I) for families trained against it; else a density fitted on the training codes."""
-    if model.prior_kind == "normal":
+    """The prior to publish: N(0, I), or a density fitted on the training codes (the encoder graph's first
+    output: the code, or a VAE's posterior mean). `kind` is the trainer's choice for deterministic AEs; a
+    family may override it from its own config (`GenerativeModel.latent_prior_kind`: a VAE's `prior`)."""
+    chosen = model.latent_prior_kind(kind)
+    if chosen == "normal":
         return NormalPrior()
     codes = torch_runner(model)("encoder", train_x)[0]
-    return fit_prior(codes, kind, components, seed)
+    return fit_prior(codes, chosen, components, seed)
 
 
 def importance_sampled_nll(model: GenerativeModel, x: np.ndarray, k: int, batch: int = 128) -> float | None:

@@ -68,7 +68,9 @@ class GenerativeModel(nn.Module):
 
     family: ClassVar[str]  # one of service.store.manifest.Family
     variant: ClassVar[str]  # e.g. "plain", "sparse-l1", "beta"
-    #: "normal": sample from N(0, I); "fitted": a Gaussian/GMM is fitted on training codes after training.
+    #: The prior the family is trained against. "normal": N(0, I), which `sample` draws from unless the
+    #: family's config asks for more (see `latent_prior_kind`); "fitted": a Gaussian/GMM is fitted on the
+    #: training codes after training.
     prior_kind: ClassVar[Literal["normal", "fitted"]] = "fitted"
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -107,6 +109,11 @@ class GenerativeModel(nn.Module):
     def anomaly_score(self) -> tuple[str, dict[str, float | str]]:
         """(score kind, params) as defined in service.store.scores. Default: reconstruction error."""
         return "reconstruction", {}
+
+    def latent_prior_kind(self, fitted: str) -> str:
+        """The prior the published model samples from: "normal" (N(0, I)) or the kind of density fitted on
+        the training codes ("gaussian", "gmm"). `fitted` is the trainer's choice for "fitted" families."""
+        return "normal" if self.prior_kind == "normal" else fitted
 
     # --- helpers for subclasses ---------------------------------------------------------------
     def example_images(self, batch: int = 2) -> Tensor:

@@ -5,6 +5,7 @@ the closed-form KL.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -17,6 +18,12 @@ from training.models.backbones import make_decoder, make_encoder
 from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput
 
 Likelihood = Literal["bernoulli", "gaussian"]
+#: What `sample` draws codes from. "normal": N(0, I), the prior of the ELBO. "gaussian" / "gmm": a density
+#: fitted on the posterior means of the training images after training (two-stage / ex-post density
+#: estimation: Dai & Wipf 2019, Ghosh et al. 2020); it avoids the "holes" of N(0, I) that the aggregate
+#: posterior does not cover, where the decoder was never trained.
+VAEPrior = Literal["normal", "gaussian", "gmm"]
+VAE_PRIORS: tuple[str, ...] = typing.get_args(VAEPrior)
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,11 @@ class VAEConfig(ModelConfig):
     likelihood: Likelihood = "gaussian"
     sigma: float = 0.1  # decoder std of the gaussian likelihood (fixed, not learned)
     beta: float = 1.0  # weight of the KL term; 1 is the true ELBO
+    prior: VAEPrior = "normal"  # the published sampling prior; the fitted ones use [train] prior_components
+
+    def __post_init__(self) -> None:
+        if self.prior not in VAE_PRIORS:  # the TOML/CLI path checks the Literal; direct construction too
+            raise ValueError(f"unknown VAE prior {self.prior!r}; choose one of {', '.join(VAE_PRIORS)}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,9 @@ class VAE(GenerativeModel):
             log_w.append(self.log_likelihood(x, self.decoder(z)) + log_p - log_q)
         self.train(was_training)
         return -(torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k))
+
+    def latent_prior_kind(self, fitted: str) -> str:
+        return self.cfg.prior  # the VAE's own config decides; the trainer's `prior` is for deterministic AEs
 
     def anomaly_score(self) -> tuple[str, dict[str, float | str]]:
         return "vae_elbo", {"likelihood": self.cfg.likelihood, "sigma": float(self.cfg.sigma)}
