@@ -246,7 +246,8 @@ async def anomaly_score(rt: Runner, mv: ModelVersion, x: np.ndarray, heatmap: bo
     enc = await _run(rt, mv, "encoder", x)
     x_hat = (await _run(rt, mv, "decoder", enc[0]))[0]
     if spec.score == "reconstruction":
-        raw, hmap = scores.reconstruction(x, x_hat)
+        blur = scores.params_float(spec.params, "blur_sigma", 0.0)
+        raw, hmap = scores.reconstruction(x, x_hat, blur_sigma=blur)
     elif spec.score == "vae_elbo":
         if len(enc) < 2:
             raise InvalidInput(f"model {mv.name!r} declares vae_elbo but its encoder has no log-variance")

@@ -58,7 +58,7 @@ def compute_scores(kind: str, params: Mapping[str, float | str], run: Runner, x:
     enc = run("encoder", x)
     x_hat = run("decoder", enc[0])[0]
     if kind == "reconstruction":
-        return scores.reconstruction(x, x_hat)
+        return scores.reconstruction(x, x_hat, blur_sigma=scores.params_float(params, "blur_sigma", 0.0))
     if kind == "vae_elbo":
         if len(enc) < 2:
             raise ValueError("vae_elbo needs an encoder with z_mean and z_logvar outputs")

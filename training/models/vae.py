@@ -37,6 +37,7 @@ class VAEConfig(ModelConfig):
     prior: VAEPrior = "normal"  # the published sampling prior; the fitted ones use [train] prior_components
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.prior not in VAE_PRIORS:  # the TOML/CLI path checks the Literal; direct construction too
             raise ValueError(f"unknown VAE prior {self.prior!r}; choose one of {', '.join(VAE_PRIORS)}")
 
