@@ -43,17 +43,24 @@ PROTOCOL = [
     "images are scored (normal = c). AUROC with anomalies positive. Mahalanobis uses a Ledoit-Wolf "
     "covariance of the class's training codes. KDE bandwidth by 3-fold CV likelihood on the training class; "
     "OC-SVM rbf/gamma=scale/nu=0.1; IsolationForest 200 trees; PCA keeps 90% of the variance; PyOD "
-    "detectors with their default architectures and epochs. `recon+mahalanobis` adds the two scores, each "
-    "standardised by its mean and standard deviation on the class's training images.",
+    "detectors with their default architectures and epochs. `recon-blur` is the reconstruction score with "
+    "the residual gaussian-blurred before squaring (model config `anomaly_blur`, σ = 1 pixel on 28x28, "
+    "0.3 on 8x8; service.store.scores.reconstruction, what the service's anomaly-score computes for a model "
+    "published with it). `recon+mahalanobis` adds the two scores, each standardised by its mean and "
+    "standard deviation on the class's training images.",
     "- **Density**: VAE and β-VAE trained with dynamic binarisation (a fresh Bernoulli draw per step); the "
     "test images are binarised once (seeded); NLL = −log mean_k p(x,z_k)/q(z_k|x) (IWAE estimator), "
     "K as stated.",
     "- **Generation**: Fréchet distance and precision/recall (k=3) in the penultimate-layer features of a "
-    "small CNN trained on the training split — NOT comparable with Inception FID. The VAE row is the density "
-    "VAE (its Bernoulli means). Deterministic AEs sample from a Gaussian or a 10-component GMM fitted on "
-    "their training codes (training.calibrate.fit_prior, as published). GMM reference: 10 full-covariance "
-    "components on 90%-variance PCA coefficients. The floor: held-out real training images vs the test "
-    "images.",
+    "small CNN trained on the training split — NOT comparable with Inception FID. Every model is sampled as "
+    "its published version would be: the prior comes from training.calibrate.latent_prior (what publishing "
+    "writes into the manifest) and the codes from service.ops.draw_prior (what the sample op draws). The "
+    "VAE rows are the density VAEs (their Bernoulli means), trained with `prior = \"gmm\"`: a 10-component "
+    "GMM fitted on the posterior means of the training images, published and served (two-stage / ex-post "
+    "density, Dai & Wipf 2019, Ghosh et al. 2020); `prior=normal` is the same decoder under the default "
+    "N(0, I). Deterministic AEs sample from a Gaussian or a 10-component GMM fitted on their training "
+    "codes; AAE, WAE and GAN from N(0, I). GMM reference: 10 full-covariance components on 90%-variance PCA "
+    "coefficients. The floor: held-out real training images vs the test images.",
     "- **Denoising**: one denoising AE per corruption, trained with that corruption; noisy test images are "
     "drawn once with a fixed seed; baselines' single knob tuned on a held-out tenth of the training split.",
 ]

@@ -4,6 +4,7 @@ AUPR with the normal class as the positive (rare, 10%) class, so the number is n
 anomaly prevalence.
 
 Ours: every registry family with every score it offers -- reconstruction error (service.store.scores),
+plain and with the residual gaussian-blurred first (the `anomaly_blur` model config),
 latent Mahalanobis distance (mean and Ledoit-Wolf covariance of the class's training codes), the VAE's
 negative ELBO (service.store.scores.vae_elbo) and importance-sampled NLL, and f-AnoGAN for the GAN.
 Baselines on the same split in the same run: PCA reconstruction (90% variance), IsolationForest,
@@ -95,6 +96,9 @@ def model_scores(model: GenerativeModel, xtr: np.ndarray, xte: np.ndarray, budge
     code_te = np.asarray(batched(model.encode, xte))
     x_hat = np.asarray(batched(model.decode, code_te))
     out["recon"] = scores.reconstruction(xte, x_hat)[0]
+    # the model config `anomaly_blur`: the residual gaussian-blurred before squaring, as the service scores it
+    blur = budget.anomaly_blur[model.cfg.backbone]
+    out["recon-blur"] = scores.reconstruction(xte, x_hat, blur_sigma=blur)[0]
     out["mahalanobis"] = mahalanobis(code_tr, code_te)
     # both, each standardised by its mean and spread on the class's TRAINING images (never the test set)
     rec_tr = scores.reconstruction(xtr, np.asarray(batched(model.decode, code_tr)))[0]

@@ -8,6 +8,12 @@ held-out real images (training images never used as the reference): the floor at
 
 Density: VAE and beta-VAE trained on dynamically binarised images (a fresh Bernoulli draw of every pixel at
 every step), test NLL in nats on a once-binarised test set by importance sampling with K samples.
+
+Every generator is sampled as the service would sample its published version: the prior is built by
+`training.calibrate.latent_prior` (the function publishing calls: N(0, I), or a Gaussian/GMM fitted on the
+training codes) and drawn from by `service.ops.draw_prior`. The VAEs are trained with `prior = "gmm"` (a
+GMM on the posterior means, fitted at publish time); the same decoders with the default `prior = "normal"`
+(N(0, I)) are listed beside them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,7 +30,10 @@ from quality_common import BenchData, Budget, batched, fit, pool_map
 from scipy import linalg
 from torch import Tensor, nn
 
-from training.calibrate import fit_prior
+from service.ops import draw_prior
+from service.store.manifest import LatentSpec, NormalPrior, Prior
+from training.calibrate import latent_prior
+from training.config import TrainConfig
 from training.models.base import GenerativeModel
 from training.models.vae import VAE, BetaVAE
 
@@ -108,18 +118,18 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 # --- samplers -------------------------------------------------------------------------------------------
 
 
-def sample_model(model: GenerativeModel, n: int, seed: int, prior: Any = None) -> np.ndarray:
-    """n images from the model's prior: N(0, I), or a fitted Gaussian/GMM (training.calibrate.fit_prior)."""
-    rng = np.random.default_rng(seed)
-    d = model.cfg.latent_dim
-    if prior is None:
-        z = rng.standard_normal((n, d))
-    elif hasattr(prior, "weights"):
-        comp = rng.choice(len(prior.weights), size=n, p=np.asarray(prior.weights) / np.sum(prior.weights))
-        z = np.stack([rng.multivariate_normal(prior.means[c], prior.covs[c]) for c in comp])
-    else:
-        z = rng.multivariate_normal(prior.mean, prior.cov, size=n)
-    return np.asarray(batched(model.decode, z.astype(np.float32)))
+def served_prior(model: GenerativeModel, x_train: np.ndarray, seed: int, kind: str | None = None) -> Prior:
+    """The prior publishing would put in the manifest (training.calibrate.latent_prior, with the trainer's
+    default components); `kind` is the trainer's `prior` choice, which only deterministic AEs read."""
+    tc = TrainConfig()
+    return latent_prior(model, x_train, kind or tc.prior, tc.prior_components, seed)
+
+
+def sample_model(model: GenerativeModel, n: int, seed: int, prior: Prior | None = None) -> np.ndarray:
+    """n images decoded from codes that the service's sample op would draw from `prior` (N(0, I) if None)."""
+    manifest = SimpleNamespace(latent=LatentSpec(dim=model.cfg.latent_dim, prior=prior or NormalPrior()))
+    z = draw_prior(manifest, n, np.random.default_rng(seed))  # type: ignore[arg-type]
+    return np.asarray(batched(model.decode, z))
 
 
 def gmm_pca_samples(x: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -169,8 +179,9 @@ def train_generator(fam: str, data: BenchData, budget: Budget, seed: int, x_bin_
                     ) -> tuple[GenerativeModel, dict[str, float] | None, dict[str, float]]:
     """Fit one generator on the whole training split; for the VAEs also their test NLL."""
     t0 = time.perf_counter()
-    # binary pixels: the Bernoulli likelihood (the family's default is a gaussian on grey levels)
-    extra = {"likelihood": "bernoulli"} if fam in BINARISED else {}
+    # binary pixels: the Bernoulli likelihood (the family's default is a gaussian on grey levels); sampled
+    # from a GMM on the posterior means (the default N(0, I) prior is scored too, see run())
+    extra = {"likelihood": "bernoulli", "prior": "gmm"} if fam in BINARISED else {}
     model = fit(fam, data.train.x, data, budget, seed, "full", model_cls=BINARISED.get(fam), **extra)
     times = {f"{fam} train": time.perf_counter() - t0}
     density = None
@@ -210,15 +221,16 @@ def run(data: BenchData, budget: Budget, seed: int) -> dict[str, Any]:
     times["classifier"] = time.perf_counter() - t0
     feats = lambda x: np.asarray(batched(net.features, x)).astype(np.float64)  # noqa: E731
     real = feats(data.test.x)
-    samples = {fam: sample_model(models[fam], n, seed) for fam in ("vae", "beta-vae", "aae", "wae", "gan")}
-    codes = np.asarray(batched(models["ae"].encode, data.train.x))
+    samples = {}
+    for fam in ("vae", "beta-vae"):  # as served with prior = "gmm", and with the default N(0, I)
+        samples[f"{fam} (prior=gmm)"] = sample_model(models[fam], n, seed,
+                                                     served_prior(models[fam], data.train.x, seed))
+        samples[f"{fam} (prior=normal)"] = sample_model(models[fam], n, seed)
+    for fam in ("aae", "wae", "gan"):
+        samples[fam] = sample_model(models[fam], n, seed, served_prior(models[fam], data.train.x, seed))
     for kind in ("gmm", "gaussian"):
-        samples[f"ae+{kind}"] = sample_model(models["ae"], n, seed, fit_prior(codes, kind, 10, seed))
-    # not what the service samples (a VAE's published prior is N(0, I)): the same ex-post GMM as the AEs',
-    # fitted on the VAE's posterior means, to show how much of its gap is the prior hole problem
-    codes = np.asarray(batched(models["vae"].encode, data.train.x))
-    vae_prior = fit_prior(codes, "gmm", 10, seed)
-    samples["vae+gmm (ex-post, not served)"] = sample_model(models["vae"], n, seed, vae_prior)
+        samples[f"ae+{kind}"] = sample_model(models["ae"], n, seed,
+                                             served_prior(models["ae"], data.train.x, seed, kind))
     samples["gmm-on-pca (ref)"] = gmm_pca_samples(data.train.x, n, seed)
     pick = np.random.default_rng(seed + 1).permutation(len(data.train))[:min(n, len(data.train))]
     held = data.train.x[pick]

@@ -55,6 +55,18 @@ def test_mahalanobis_ranks_outliers_last() -> None:
     assert d[0] < d[1] < d[2]  # 5 along the narrow axis is far rarer than 5 along the wide one
 
 
+def test_headline_reports_the_served_vae_prior_with_the_normal_one_beside() -> None:
+    from quality_report import headline
+
+    fds = {"gmm-on-pca (ref)": 160.0, "vae (prior=gmm)": 72.0, "vae (prior=normal)": 240.0, "gan": 90.0}
+    gen = {name: {"frechet": fd, "fd_ratio_to_gmm": fd / 160.0} for name, fd in fds.items()}
+    rows = headline({"datasets": {"mnist-10k": {"generation": {"generation": gen}}}})
+    vae = next(r for r in rows if r.startswith("| vae"))
+    assert vae.startswith("| vae (prior=gmm, as served) Fréchet ≤ 0.5 × GMM | 72.00 (×0.45)")
+    assert "N(0, I) prior 240.00 (×1.50)" in vae and vae.endswith("| yes |")
+    assert next(r for r in rows if r.startswith("| gan")).endswith("| no |")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # about a minute on 2 idle cores; far longer when the CPU is shared
 def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
@@ -69,7 +81,8 @@ def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
     assert "Not comparable with Inception FID" in md
     linked = re.findall(r'src="quality/([^"]+\.png)"', md)
     assert {"roc_digits.png", "latent_digits.png", "interpolation_digits.png", "denoise_digits.png",
-            "samples_digits_vae.png", "samples_digits_gan.png"} <= set(linked)
+            "samples_digits_vae-prior-gmm.png", "samples_digits_vae-prior-normal.png",
+            "samples_digits_gan.png"} <= set(linked)
     for name in linked:
         png = out / "quality" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -81,11 +94,12 @@ def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
     from training.models import REGISTRY
 
     for fam in REGISTRY:  # every family, with every score it offers
-        assert f"{fam}/recon" in summary and f"{fam}/mahalanobis" in summary
+        assert {f"{fam}/recon", f"{fam}/recon-blur", f"{fam}/mahalanobis"} <= set(summary)
     assert "vae/neg-elbo" in summary and "gan/f-anogan" in summary
     for baseline in ("pca-recon", "isolation-forest", "ocsvm", "kde", "pyod-ae", "pyod-vae"):
         assert 0.0 <= summary[baseline]["auroc"] <= 1.0
     assert set(digits["density"]) == {"vae", "beta-vae"} and digits["density"]["vae"]["nll_nats"] > 0
     gen = digits["generation"]["generation"]
-    assert {"vae", "aae", "wae", "gan", "ae+gmm", "gmm-on-pca (ref)", "real held-out (floor)"} <= set(gen)
+    assert {"vae (prior=gmm)", "vae (prior=normal)", "beta-vae (prior=gmm)", "aae", "wae", "gan", "ae+gmm",
+            "gmm-on-pca (ref)", "real held-out (floor)"} <= set(gen)
     assert set(digits["denoising"]["psnr"]) == {"gaussian σ=0.2", "gaussian σ=0.4", "salt-and-pepper 20%"}
