@@ -653,6 +653,14 @@ def main(argv: list[str] | None = None) -> int:
         ],
         help="scenario labels to profile with py-spy (c=16, n=1024 ones at c=1), batching off",
     )
+    p.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="run only the scenarios whose label contains one of these strings (the ceiling always runs); "
+        "for quick checks while tuning, with --out elsewhere",
+    )
+    p.add_argument("--concs", type=int, nargs="*", default=None, help="concurrency levels (default 1 16 64)")
     p.add_argument("--out", type=Path, default=RESULTS / "serving.md")
     args = p.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 2.0)
@@ -660,12 +668,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.profile = args.profile[:1]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    concs = [1, 16] if args.quick else [1, 16, 64]
+    concs = args.concs or ([1, 16] if args.quick else [1, 16, 64])
     t0 = time.perf_counter()
     CACHE.mkdir(parents=True, exist_ok=True)
     origin = build_store(CACHE)
     info = machine()
     scs = scenarios(CACHE)
+    if args.only is not None:
+        scs = [s for s in scs if s.key == "a" or any(o in s.label for o in args.only)]
     inproc = {
         tag: inprocess_samples_s(CACHE, name, max(args.duration, 2.0))
         for tag, name in (("mlp", MLP), ("conv", CONV))

@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from service import limits, security, shutdown
 from service import reload as hot_reload
 from service.api import health, models, ops, playground
+from service.api.lean import HotIndex
 from service.errors import install_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.metrics import router as metrics_router
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)
+    # The hot POSTs (the operations, V2 infer) are found through an index placed before the router walk.
+    app.router.routes.insert(0, HotIndex([r for router in (ops.router, v2.router) for r in router.routes]))
     admin = hot_reload.admin_router(settings.admin_key)  # POST /admin/reload, only with an admin key
     if admin is not None:
         app.include_router(admin)

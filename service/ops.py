@@ -7,6 +7,8 @@ the model lacks raises `CapabilityMissing` naming it.
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -76,6 +78,11 @@ class AnomalyScores:
     threshold: float
     is_anomaly: np.ndarray  # (N,) bool
     heatmaps: np.ndarray | None  # (N, C, H, W)
+
+
+#: Where seeds come from when a request names none (seeded from OS entropy at import). Only the event loop
+#: thread draws from it; the seed is returned, so any draw can be repeated exactly.
+_SEEDS = random.Random()
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -150,10 +157,10 @@ async def sample(
     require(mv, "sample")
     if n < 1:
         raise InvalidInput("n must be at least 1")
-    if not (np.isfinite(temperature) and temperature >= 0):
+    if not (math.isfinite(temperature) and temperature >= 0):
         raise InvalidInput("temperature must be a finite number >= 0")
     if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0])
+        seed = _SEEDS.getrandbits(32)
     z = draw_prior(mv.manifest, n, np.random.default_rng(seed), temperature)
     images = (await _run(rt, mv, "decoder", z))[0]
     return Sampled(images=images, latents=z, seed=seed)

@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     batch_instances: int | None = Field(
         default=None, ge=1, description="executions of one graph at once; None: one per core, 2 to 8"
     )
+    # Handing work to a thread and back costs ~120 us of CPU (bench/serving.py), more than a small MLP's
+    # inference; work predicted (from measured runs) under this runs on the event loop instead.
     inline_below_us: float = Field(
-        default=0.0, ge=0, description="predicted compute below this runs on the event loop (0 = never)"
+        default=100.0, ge=0, description="predicted compute below this runs on the event loop (0 = never)"
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_items: int = Field(default=256, ge=1, description="images or latents per request")

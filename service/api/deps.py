@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-import anyio
 from fastapi import Depends, Request
 
-from service.errors import NotReady, Timeout
+from service.errors import NotReady
 from service.runtime import Runtime
 from service.settings import Settings
 from service.store.repository import ModelStore
-
-T = TypeVar("T")
 
 
 # Dependencies are `async def` on purpose: FastAPI runs sync ones in the thread pool, one hop each per
@@ -42,10 +38,5 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def within(settings: Settings, work: Awaitable[T]) -> T:
-    """Await `work`, or raise Timeout after request_timeout_s (the worker thread finishes on its own)."""
-    try:
-        with anyio.fail_after(settings.request_timeout_s):
-            return await work
-    except TimeoutError:
-        raise Timeout(f"the request took longer than {settings.request_timeout_s:g} s") from None
+# The request deadline (504) is the limits middleware's alone (service/limits.py): it covers body upload,
+# parsing and inference in one timer, so handlers carry no second timeout of their own.

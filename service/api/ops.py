@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import ops
-from service.api.deps import RuntimeDep, SettingsDep, StoreDep, within
+from service.api.deps import RuntimeDep, SettingsDep, StoreDep
 from service.api.routing import MULTIPART_DOC, JSONOrFormRoute
 from service.errors import InvalidInput, PayloadTooLarge
 from service.images import ImageLimits, ParsedImages, grid_png, parse_images, to_base64_pngs
@@ -177,7 +177,7 @@ async def encode(
     """Encode images to latent means (and log-variances for VAEs)."""
     mv = store.get(name, version)
     x = parse(body.images, mv, settings, body.strict)
-    res = await within(settings, ops.encode(rt, mv, x.array))
+    res = await ops.encode(rt, mv, x.array)
     return json_answer(mv, mean=res.mean, logvar=res.logvar, converted=x.converted)
 
 
@@ -200,7 +200,7 @@ async def decode(
         raise InvalidInput("latents must be a rectangular (N, latent_dim) array of numbers") from exc
     if z.ndim == 2 and len(z) > settings.max_items:
         raise PayloadTooLarge(f"{len(z)} latents in one request; the limit is {settings.max_items}")
-    images = await within(settings, ops.decode(rt, mv, z))
+    images = await ops.decode(rt, mv, z)
     return images_answer(request, mv, images, body.format, grid)
 
 
@@ -219,7 +219,7 @@ async def sample(
     mv = store.get(name, version)
     if body.n > settings.max_items:
         raise PayloadTooLarge(f"n={body.n} is above the limit of {settings.max_items} items per request")
-    res = await within(settings, ops.sample(rt, mv, body.n, body.seed, body.temperature))
+    res = await ops.sample(rt, mv, body.n, body.seed, body.temperature)
     return images_answer(request, mv, res.images, body.format, grid, seed=res.seed, latents=res.latents)
 
 
@@ -238,7 +238,7 @@ async def interpolate(
     mv = store.get(name, version)
     a, conv_a = endpoint(body.start, mv, settings, body.strict, "start")
     b, conv_b = endpoint(body.end, mv, settings, body.strict, "end")
-    res = await within(settings, ops.interpolate(rt, mv, a, b, body.steps, body.method))
+    res = await ops.interpolate(rt, mv, a, b, body.steps, body.method)
     return images_answer(
         request,
         mv,
@@ -267,7 +267,7 @@ async def reconstruct(
     """Reconstruct images through the autoencoder, with the per-image error. PNG grid: inputs over outputs."""
     mv = store.get(name, version)
     x = parse(body.images, mv, settings, body.strict)
-    res = await within(settings, ops.reconstruct(rt, mv, x.array))
+    res = await ops.reconstruct(rt, mv, x.array)
     return images_answer(
         request,
         mv,
@@ -296,7 +296,7 @@ async def denoise(
     mv = store.get(name, version)
     x = parse(body.images, mv, settings, body.strict)
     noise = None if body.noise is None else ops.NoiseSpec(body.noise.kind, body.noise.level, body.noise.seed)
-    res = await within(settings, ops.denoise(rt, mv, x.array, noise))
+    res = await ops.denoise(rt, mv, x.array, noise)
     shown = x.array if res.noisy is None else res.noisy
     noisy = None if res.noisy is None else encode_images(res.noisy, body.format, mv)
     return images_answer(
@@ -324,7 +324,7 @@ async def anomaly_score(
     """Anomaly scores: raw, normalised (threshold = 0.5), threshold, is_anomaly, optional heatmaps."""
     mv = store.get(name, version)
     x = parse(body.images, mv, settings, body.strict)
-    res = await within(settings, ops.anomaly_score(rt, mv, x.array, body.heatmap))
+    res = await ops.anomaly_score(rt, mv, x.array, body.heatmap)
     heat: Any = None
     if res.heatmaps is not None:
         h = res.heatmaps

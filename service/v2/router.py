@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from service.api.lean import lean_handler, raw_body
 from service.errors import CapabilityMissing, InvalidInput, ModelNotFound, NotReady, ServiceError
 from service.runtime import Runtime
 from service.shutdown import is_draining
@@ -64,7 +65,8 @@ class V2Route(APIRoute):
     """Renders domain, codec and validation errors as V2 `{"error": ...}` bodies."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+        # The lean handler skips FastAPI's per-request dependency solver (service/api/lean.py).
+        handler = lean_handler(self, raw_body) or super().get_route_handler()
 
         async def route(request: Request) -> Response:
             try:

@@ -200,6 +200,31 @@ def test_tiny_work_runs_inline_after_it_was_measured(session: ort.InferenceSessi
     assert loop_thread not in threads
 
 
+def test_a_batching_window_is_honoured_even_for_tiny_work(session: ort.InferenceSession) -> None:
+    """Inline work skips the queue only when no max_queue_delay is configured: with a window, concurrent
+    tiny requests still wait for each other and share one execution."""
+    sizes: list[int] = []
+    run = _runner(session)
+
+    def spy(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes.append(len(feeds["x"]))
+        return run(feeds)
+
+    async def main(delay_us: int) -> None:
+        b = Batcher(spy, BatchConfig(8, delay_us, 16, inline_below_us=1e9))
+        await b.infer({"x": np.ones((1, 8), np.float32)})  # measured once: from now on everything is tiny
+        xs = [np.full((1, 8), i, np.float32) for i in range(4)]
+        outs = await asyncio.gather(*(b.infer({"x": x}) for x in xs))
+        for x, out in zip(xs, outs, strict=True):
+            np.testing.assert_allclose(out["y"], run({"x": x})["y"], rtol=1e-6)
+
+    asyncio.run(main(20_000))
+    assert sizes == [1, 4]  # the four waited 20 ms for each other
+    sizes.clear()
+    asyncio.run(main(0))
+    assert sizes == [1, 1, 1, 1, 1]  # no window: each tiny request ran at once, on the loop
+
+
 def test_settings_map_to_batch_configs() -> None:
     from service.batching import batch_config_from
     from service.settings import Settings
