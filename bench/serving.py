@@ -31,6 +31,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -115,8 +116,6 @@ def manifest(store: Path, name: str) -> dict[str, Any]:
 
 # --- the server -----------------------------------------------------------------------------------
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -311,12 +310,41 @@ def wrk(
     }
 
 
-def check_once(url: str, sc: Scenario) -> None:
-    """One request before measuring: a scenario that errors would measure error pages."""
+def check_once(url: str, sc: Scenario) -> int:
+    """One request before measuring (a scenario that errors would measure error pages); its response size."""
     req = urllib.request.Request(url + sc.path, data=sc.body or None, method=sc.method, headers=sc.headers)
     with urllib.request.urlopen(req, timeout=60) as r:
         if r.status != 200:
             raise RuntimeError(f"{sc.label}: HTTP {r.status}")
+        return len(r.read())
+
+
+def http_floor(
+    sc: Scenario, response_bytes: int, duration: float, reps: int, workdir: Path
+) -> dict[str, Any]:
+    """wrk c=1 against bench/http_floor.py (bare uvicorn: read the body, answer `response_bytes` bytes)."""
+    port = free_port()
+    env = {**os.environ, "FLOOR_BYTES": str(response_bytes), "PYTHONPATH": str(ROOT / "bench")}
+    cmd = [sys.executable, "-m", "uvicorn", "http_floor:app", "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the HTTP floor app did not start") from None
+                time.sleep(0.1)
+        wrk(url, sc, 1, 1, workdir)  # warm-up
+        runs = [wrk(url, sc, 1, duration, workdir, proc.pid) for _ in range(reps)]
+        return max(runs, key=lambda r: r["rps"])
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 # --- in-process baseline ----------------------------------------------------------------------------
@@ -481,6 +509,13 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str
                     f"| (e) V2 binary n=1024 [{tag}] / in-process, batching {'on' if b else 'off'} | 1 | "
                     f"{v:.2f} | | >= 0.5 | {'yes' if v >= 0.5 else 'NO'} |"
                 )
+        floor = res.get((f"HTTP floor: V2 decode n=1024 binary [{tag}]", False, 1))
+        if floor and tag in inproc:  # the best any server could do: HTTP alone, then the compute, in series
+            bound = 1 / (1 / floor["rps"] + 1024 / inproc[tag]) * 1024 / inproc[tag]
+            lines.append(
+                f"| (e) bound [{tag}]: bare-uvicorn HTTP time + in-process compute, / in-process | 1 | "
+                f"{bound:.2f} | | (reference) | |"
+            )
     for label in (
         "V2 infer decoder b=1 binary [conv]",
         "/v1 sample n=1 [conv]",
@@ -611,11 +646,12 @@ def run_all(
     res: Results = {}
     lines: list[str] = []
     profiles: dict[str, Any] = {}
+    sizes: dict[str, int] = {}
     with server(CACHE, False, workdir) as (url_off, p_off), server(CACHE, True, workdir) as (url_on, p_on):
         servers = ((False, url_off, p_off.pid), (True, url_on, p_on.pid))
         for sc in scs:
             for _, url, _ in servers:
-                check_once(url, sc)
+                sizes[sc.label] = check_once(url, sc)
                 wrk(url, sc, 8, 1, workdir)  # warm-up: sessions, allocator, the inline-cost estimate
             duration = max(args.duration, 3.0) if sc.rows > 1 else args.duration
             for c in concs[:1] if sc.rows > 1 else concs:
@@ -635,6 +671,11 @@ def run_all(
                 profiles[f"`{label}`, c={c}, batching off"] = profile(
                     url_off, p_off.pid, target, c, 6, workdir
                 )
+    for sc in scs:  # (e): what HTTP alone costs for the same exchange, with no app at all
+        if sc.key == "e" and sc.label.startswith("V2") and sc.label in sizes:
+            res[(f"HTTP floor: {sc.label}", False, 1)] = r = http_floor(
+                sc, sizes[sc.label], max(args.duration, 3.0), args.reps, workdir)
+            lines.append(_row(f"HTTP floor: {sc.label} (bare uvicorn, same bytes)", False, 1, r, sc.rows))
     return res, lines, profiles
 
 
