@@ -8,9 +8,10 @@ dependencies built from those, so the work can be planned once per route at star
 `plan(route)` reads the `Dependant` FastAPI already built for the route (so OpenAPI and the signature stay
 the single source of truth) and returns an async `fill(request, body, errors)` giving the keyword arguments
 (None when validation failed); or it returns None when the route uses anything else (headers, cookies, sync
-dependencies, embedded bodies, ...), and such routes keep FastAPI's own handler. Validation goes through the same pydantic adapters FastAPI uses, and errors are raised as
-`RequestValidationError` with FastAPI's `loc` conventions (`("body", ...)`, `("query", name)`), so clients
-see the same 422s either way. The endpoint must return a `Response` itself (ours all do): there is no
+dependencies, embedded bodies, ...), and such routes keep FastAPI's own handler. Validation goes through
+the same pydantic adapters FastAPI uses (a body that fails the fast JSON parse is re-validated FastAPI's way,
+for its exact messages), and errors are raised as `RequestValidationError` with FastAPI's `loc` conventions
+(`("body", ...)`, `("query", name)`), so clients see the same 422s either way (tests/service/test_lean.py). The endpoint must return a `Response` itself (ours all do): there is no
 response-model serialisation on this path.
 """
 

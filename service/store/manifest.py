@@ -52,7 +52,9 @@ class GraphSpec(_Strict):
     """One ONNX graph (and its optional TorchScript twin) of a model."""
 
     file: str = Field(description="ONNX file name inside the version folder")
-    torchscript: str | None = Field(default=None, description="TorchScript twin, for the optional torch backend")
+    torchscript: str | None = Field(
+        default=None, description="TorchScript twin, for the optional torch backend"
+    )
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
@@ -168,7 +170,9 @@ class Manifest(_Strict):
     @classmethod
     def _name_ok(cls, v: str) -> str:
         if not is_valid_model_name(v):
-            raise ValueError(f"model name {v!r} must match {MODEL_NAME_PATTERN} (at most {MODEL_NAME_MAX} chars)")
+            raise ValueError(
+                f"model name {v!r} must match {MODEL_NAME_PATTERN} (at most {MODEL_NAME_MAX} chars)"
+            )
         return v
 
     @field_validator("graphs")
