@@ -11,8 +11,8 @@ the single source of truth) and returns an async `fill(request, body, errors)` g
 dependencies, embedded bodies, ...), and such routes keep FastAPI's own handler. Validation goes through
 the same pydantic adapters FastAPI uses (a body that fails the fast JSON parse is re-validated FastAPI's way,
 for its exact messages), and errors are raised as `RequestValidationError` with FastAPI's `loc` conventions
-(`("body", ...)`, `("query", name)`), so clients see the same 422s either way (tests/service/test_lean.py). The endpoint must return a `Response` itself (ours all do): there is no
-response-model serialisation on this path.
+(`("body", ...)`, `("query", name)`), so clients see the same 422s either way (tests/service/test_lean.py).
+The endpoint must return a `Response` itself (ours all do): there is no response-model serialisation here.
 """
 
 from __future__ import annotations
