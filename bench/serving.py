@@ -1,4 +1,4 @@
-"""Serving benchmark (`make bench`): req/s, p50 and p99 of the real server under wrk, batching on and off.
+"""Serving benchmark (`make bench`): req/s, p50 and p99 of the real server under wrk, in three configurations.
 
     .venv/bin/python bench/serving.py [--quick] [--duration S] [--profile SCENARIO]
 
@@ -12,19 +12,27 @@ It starts `python -m service` (one uvicorn worker) on loopback over a private st
     (e) sample n=1024                           samples/s: /v1 JSON, and V2 binary decode of 1024 prior
                                                 draws, against in-process onnxruntime (server's options)
 
-Both server configurations (batching off, on) run at once, each in its own process, and every point is
-measured in interleaved runs (off, on, then on, off ...), keeping the best, so load from other jobs on a
-shared host hits both alike. The server's CPU time per request (from /proc) is reported beside req/s: it is
-far less sensitive to a busy host. Results go to
-bench/results/serving.md (table, machine, target ratios) and serving.png. The store holds the zoo's
-`vae-digits` (copied from models_store/, or trained for a few steps when the zoo is absent) and a conv VAE on
-synthetic 28x28 images trained for a few steps by `training.pipeline` (the weights are barely trained; the
-graph, which is what costs time, is the real one). Both are cached under runs/bench/ between runs.
+Three server configurations run at once, each in its own process:
+
+    default       the shipped settings: batching on, and work measured under INLINE_BELOW_US (100 us) runs
+                  on the event loop instead of a pool thread
+    pool/on       batching on, every inference in the pool (INLINE_BELOW_US=0): where the batcher engages
+    pool/off      batching off, every inference in the pool
+
+(a), (b) and (e) are targets on `default`; "batching on / off" compares pool/on with pool/off, since tiny work
+never queues on `default`. Every point is measured in interleaved runs (the order rotates), keeping the best,
+so load from other jobs on a shared host hits all alike. The server's CPU time per request (from /proc) is
+reported beside req/s: it is far less sensitive to a busy host. Results go to bench/results/serving.md
+(table, machine, target ratios) and serving.png. The store holds the zoo's `vae-digits` (copied from
+models_store/, or trained for a few steps when the zoo is absent) and a conv VAE on synthetic 28x28 images
+trained for a few steps by `training.pipeline` (the weights are barely trained; the graph, which is what
+costs time, is the real one). Both are cached under runs/bench/ between runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -121,22 +129,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Config:
+    key: str  # the results key and table label
+    batching: bool
+    inline_below_us: float | None  # None: the service's default
+
+
+CONFIGS = (
+    Config("default", True, None),
+    Config("pool/on", True, 0.0),
+    Config("pool/off", False, 0.0),
+)
+
+
 @contextmanager
-def server(store: Path, batching: bool, workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m service` with the default settings except batching (and room for n=1024 requests)."""
+def server(store: Path, cfg: Config, workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m service` with the default settings but `cfg` (and room for n=1024 requests)."""
     port = free_port()
     env = {
         **os.environ,
         "LATENTSERVE_STORE": str(store),
         "LATENTSERVE_HOST": "127.0.0.1",
         "LATENTSERVE_PORT": str(port),
-        "LATENTSERVE_BATCHING": str(batching).lower(),
+        "LATENTSERVE_BATCHING": str(cfg.batching).lower(),
         "LATENTSERVE_LOG_LEVEL": "warning",
         "LATENTSERVE_MAX_ITEMS": "1024",
         "LATENTSERVE_SHUTDOWN_DRAIN_S": "0",
         "PYTHONPATH": str(ROOT),
     }
-    logf = open(workdir / f"server-batching-{batching}.log", "wb")  # noqa: SIM115 (closed below)
+    if cfg.inline_below_us is not None:
+        env["LATENTSERVE_INLINE_BELOW_US"] = str(cfg.inline_below_us)
+    else:
+        env.pop("LATENTSERVE_INLINE_BELOW_US", None)
+    logf = open(workdir / f"server-{cfg.key.replace('/', '-')}.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=logf, stderr=logf)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -383,8 +409,8 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("response: send through the middleware chain, uvicorn, socket write", ("Response.__call__",)),
     ("sync FastAPI dependencies, each a thread-pool round trip", ("run_in_threadpool",)),
     ("inference dispatch: Runtime.infer, batcher, thread hand-off", ("Runtime.infer",)),
-    ("endpoint: parse, validate, ops, encode", ("run_endpoint_function",)),
-    ("FastAPI routing, body reading, dependency solving", ("APIRouter.app", "Router.__call__")),
+    ("endpoint: parse, validate, ops, encode", ("run_endpoint_function", "lean_handler.<locals>.handler")),
+    ("FastAPI routing, body reading, dependency solving", ("APIRouter.app", "Router.__call__", "HotIndex.")),
     ("middleware before the router (limits, access, drain, metrics ...)", ("FastAPI.__call__",)),
 ]
 OUTSIDE = "uvloop and uvicorn outside the app: sockets, HTTP parsing, waiting"
@@ -454,13 +480,13 @@ def machine() -> dict[str, str]:
     }
 
 
-Results = dict[tuple[str, bool, int], dict[str, Any]]
+Results = dict[tuple[str, str, int], dict[str, Any]]  # (scenario, config key, concurrency)
 
 
-def _row(label: str, batching: bool, conc: int, r: dict[str, Any], rows: int) -> str:
+def _row(label: str, cfg: str, conc: int, r: dict[str, Any], rows: int) -> str:
     sps = f"{r['samples_s']:,.0f}" if rows > 1 else ""
     return (
-        f"| {label} | {'on' if batching else 'off'} | {conc} | {r['rps']:,.0f} | {sps} | {r['p50_ms']:.2f} | "
+        f"| {label} | {cfg} | {conc} | {r['rps']:,.0f} | {sps} | {r['p50_ms']:.2f} | "
         f"{r['p99_ms']:.2f} | {r['cpu_us']:,.0f} | {r['errors']} |"
     )
 
@@ -491,25 +517,25 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str
             f"{'yes' if met else 'NO'} |"
         )
 
-    for b in (False, True):
+    for cfg in ("default", "pool/on"):
         for c in concs:
             add(
-                f"(b) /v1 sample [mlp] / (a) ceiling, batching {'on' if b else 'off'}",
+                f"(b) /v1 sample [mlp] / (a) ceiling, {cfg}",
                 c,
-                res.get(("/v1 sample n=1 [mlp]", b, c)),
-                res.get(("GET /health/live (ceiling)", b, c)),
+                res.get(("/v1 sample n=1 [mlp]", cfg, c)),
+                res.get(("GET /health/live (ceiling)", cfg, c)),
                 0.7,
             )
     for tag in ("mlp", "conv"):
-        for b in (False, True):
-            r = res.get((f"V2 decode n=1024 binary [{tag}]", b, 1))
+        for cfg in ("default", "pool/on"):
+            r = res.get((f"V2 decode n=1024 binary [{tag}]", cfg, 1))
             if r and tag in inproc:
                 v = r["samples_s"] / inproc[tag]
                 lines.append(
-                    f"| (e) V2 binary n=1024 [{tag}] / in-process, batching {'on' if b else 'off'} | 1 | "
+                    f"| (e) V2 binary n=1024 [{tag}] / in-process, {cfg} | 1 | "
                     f"{v:.2f} | | >= 0.5 | {'yes' if v >= 0.5 else 'NO'} |"
                 )
-        floor = res.get((f"HTTP floor: V2 decode n=1024 binary [{tag}]", False, 1))
+        floor = res.get((f"HTTP floor: V2 decode n=1024 binary [{tag}]", "bare", 1))
         if floor and tag in inproc:  # the best any server could do: HTTP alone, then the compute, in series
             bound = 1 / (1 / floor["rps"] + 1024 / inproc[tag]) * 1024 / inproc[tag]
             lines.append(
@@ -523,11 +549,25 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str
         "/v1 sample n=1 [mlp]",
     ):
         for c in concs:
-            on, off = res.get((label, True, c)), res.get((label, False, c))
+            on, off = res.get((label, "pool/on", c)), res.get((label, "pool/off", c))
             if c == 1:
-                add(f"batching on / off: {label}", c, on, off, 0.95)
+                add(f"batching on / off (pool): {label}", c, on, off, 0.95)
             else:
-                add(f"batching on / off: {label}", c, on, off, 1.0, strict=True)
+                add(f"batching on / off (pool): {label}", c, on, off, 1.0, strict=True)
+    lines += [
+        "",
+        "Inline tiny work (the default) against the pool with batching, for reference (no target):",
+        "",
+        "| ratio | c | req/s ratio | CPU/request ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label in ("V2 infer decoder b=1 binary [conv]", "V2 infer decoder b=1 binary [mlp]",
+                  "/v1 sample n=1 [conv]", "/v1 sample n=1 [mlp]"):
+        for c in concs:
+            d, p = res.get((label, "default", c)), res.get((label, "pool/on", c))
+            if d and p:
+                cpu = p["cpu_us"] / d["cpu_us"] if d["cpu_us"] and p["cpu_us"] else float("nan")
+                lines.append(f"| default / pool/on: {label} | {c} | {d['rps'] / p['rps']:.2f} | {cpu:.2f} |")
     return lines
 
 
@@ -540,13 +580,14 @@ def plot(res: Results, concs: list[int], path: Path) -> None:
     labels = sorted({k[0] for k in res if "n=1024" not in k[0]})
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
     colors = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    styles = {"default": ("-", "o"), "pool/on": ("--", "s"), "pool/off": (":", "x")}
     for label in labels:
-        for b, style in ((False, "--"), (True, "-")):
-            pts = [(c, res[(label, b, c)]) for c in concs if (label, b, c) in res]
+        for cfg, (style, marker) in styles.items():
+            pts = [(c, res[(label, cfg, c)]) for c in concs if (label, cfg, c) in res]
             if not pts:
                 continue
-            kw = {"color": colors.get(label), "marker": "o" if b else "x"}
-            name = f"{label} ({'batching' if b else 'no batching'})"
+            kw = {"color": colors.get(label), "marker": marker}
+            name = f"{label} ({cfg})"
             xs = [c for c, _ in pts]
             axes[0].plot(xs, [r["rps"] for _, r in pts], style, label=name, **kw)
             axes[1].plot(xs, [r["p99_ms"] for _, r in pts], style, **kw)
@@ -561,7 +602,8 @@ def plot(res: Results, concs: list[int], path: Path) -> None:
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7)
-    fig.suptitle("latentserve on loopback, one uvicorn worker (solid: batching on, dashed: off)")
+    fig.suptitle("latentserve on loopback, one uvicorn worker "
+                 "(solid: default; dashed: pool/on; dotted: pool/off)")
     fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -582,9 +624,10 @@ def write_report(
         "# Serving benchmark",
         "",
         f"`python bench/serving.py{' --quick' if args.quick else ''}`: wrk (one thread) on loopback against "
-        f"`python -m service` (one uvicorn worker, default settings but batching), {args.duration:g} s per "
-        f"point, best of {args.reps} interleaved runs (batching off, on, then on, off ...); "
-        f"whole run {wall:.0f} s.",
+        f"`python -m service` (one uvicorn worker) in three configurations: `default` (the shipped settings: "
+        f"batching on, tiny work inline), `pool/on` (batching on, every inference in the pool) and "
+        f"`pool/off` (batching off, pool); {args.duration:g} s per point, best of {args.reps} interleaved "
+        f"runs (the order rotates); whole run {wall:.0f} s.",
         "",
         "## Machine",
         "",
@@ -603,7 +646,7 @@ def write_report(
         "",
         "## Results",
         "",
-        "| scenario | batching | c | req/s | samples/s | p50 ms | p99 ms | CPU us/req | errors |",
+        "| scenario | server | c | req/s | samples/s | p50 ms | p99 ms | CPU us/req | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *lines,
         "",
@@ -642,40 +685,45 @@ def write_report(
 def run_all(
     scs: list[Scenario], concs: list[int], args: argparse.Namespace, workdir: Path
 ) -> tuple[Results, list[str], dict[str, Any]]:
-    """Both server configurations at once, runs interleaved, best run kept per point."""
+    """The server configurations at once, runs interleaved (the order rotates), best run kept per point."""
     res: Results = {}
     lines: list[str] = []
     profiles: dict[str, Any] = {}
     sizes: dict[str, int] = {}
-    with server(CACHE, False, workdir) as (url_off, p_off), server(CACHE, True, workdir) as (url_on, p_on):
-        servers = ((False, url_off, p_off.pid), (True, url_on, p_on.pid))
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for cfg in CONFIGS:
+            url, proc = stack.enter_context(server(CACHE, cfg, workdir))
+            servers.append((cfg.key, url, proc.pid))
         for sc in scs:
             for _, url, _ in servers:
                 sizes[sc.label] = check_once(url, sc)
                 wrk(url, sc, 8, 1, workdir)  # warm-up: sessions, allocator, the inline-cost estimate
             duration = max(args.duration, 3.0) if sc.rows > 1 else args.duration
             for c in concs[:1] if sc.rows > 1 else concs:
-                for rep in range(args.reps):  # off, on; then on, off: neither always runs second
-                    for b, url, pid in servers if rep % 2 == 0 else servers[::-1]:
+                for rep in range(args.reps):  # the order rotates: no configuration always runs last
+                    k = rep % len(servers)
+                    for key, url, pid in servers[k:] + servers[:k]:
                         r = wrk(url, sc, c, duration, workdir, pid)
-                        best = res.get((sc.label, b, c))
+                        best = res.get((sc.label, key, c))
                         if best is None or r["rps"] > best["rps"]:
-                            res[(sc.label, b, c)] = r
-                for b, _, _ in servers:
-                    lines.append(_row(sc.label, b, c, res[(sc.label, b, c)], sc.rows))
+                            res[(sc.label, key, c)] = r
+                for key, _, _ in servers:
+                    lines.append(_row(sc.label, key, c, res[(sc.label, key, c)], sc.rows))
                     log.info("%s", lines[-1])
+        _, url_default, pid_default = servers[0]
         for label in args.profile:
             target = next((s for s in scs if s.label == label), None)
             if target is not None:
                 c = 1 if target.rows > 1 else 16
-                profiles[f"`{label}`, c={c}, batching off"] = profile(
-                    url_off, p_off.pid, target, c, 6, workdir
+                profiles[f"`{label}`, c={c}, default settings"] = profile(
+                    url_default, pid_default, target, c, 6, workdir
                 )
     for sc in scs:  # (e): what HTTP alone costs for the same exchange, with no app at all
         if sc.key == "e" and sc.label.startswith("V2") and sc.label in sizes:
-            res[(f"HTTP floor: {sc.label}", False, 1)] = r = http_floor(
+            res[(f"HTTP floor: {sc.label}", "bare", 1)] = r = http_floor(
                 sc, sizes[sc.label], max(args.duration, 3.0), args.reps, workdir)
-            lines.append(_row(f"HTTP floor: {sc.label} (bare uvicorn, same bytes)", False, 1, r, sc.rows))
+            lines.append(_row(f"HTTP floor: {sc.label} (same bytes, no app)", "bare uvicorn", 1, r, sc.rows))
     return res, lines, profiles
 
 
@@ -692,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
             "V2 infer decoder b=1 binary [mlp]",
             "V2 decode n=1024 binary [mlp]",
         ],
-        help="scenario labels to profile with py-spy (c=16, n=1024 ones at c=1), batching off",
+        help="scenario labels to profile with py-spy (c=16, n=1024 ones at c=1), default settings",
     )
     p.add_argument(
         "--only",
@@ -742,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "machine": info,
                 "inprocess_samples_s": inproc,
-                "results": [{"scenario": k[0], "batching": k[1], "c": k[2], **v} for k, v in res.items()],
+                "results": [{"scenario": k[0], "server": k[1], "c": k[2], **v} for k, v in res.items()],
             },
             indent=1,
         )
