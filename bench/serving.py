@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from serving_breakdown import breakdown
+from serving_breakdown import markdown as breakdown_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -616,6 +618,7 @@ def write_report(
     lines: list[str],
     ratio_lines: list[str],
     inproc: dict[str, float],
+    parts: list[tuple[str, float]],
     profiles: dict[str, tuple[list[tuple[str, float]], list[tuple[str, float]]]],
     args: argparse.Namespace,
     wall: float,
@@ -658,6 +661,14 @@ def write_report(
         *ratio_lines,
         "",
         "![serving](serving.png)",
+        "",
+        "## Where a /v1 sample request's CPU goes, without HTTP",
+        "",
+        "`bench/serving_breakdown.py`: the app driven in-process through ASGI (default settings), the "
+        "event-loop thread's CPU per call, minimum over rounds. The stubbed row is everything but the "
+        "operation: middleware, routing, body parsing, validation, response encoding.",
+        "",
+        *breakdown_markdown(parts),
         "",
     ]
     for what, (by_cat, leaf) in profiles.items():
@@ -769,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
         tag: inprocess_samples_s(CACHE, name, max(args.duration, 2.0))
         for tag, name in (("mlp", MLP), ("conv", CONV))
     }
+    parts = breakdown(CACHE, rounds=3 if args.quick else 10)
     with tempfile.TemporaryDirectory() as tmp:
         res, lines, profiles = run_all(scs, concs, args, Path(tmp))
     info["load_avg_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -781,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         lines,
         ratios(res, concs, inproc),
         inproc,
+        parts,
         profiles,
         args,
         time.perf_counter() - t0,

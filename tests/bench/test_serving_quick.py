@@ -33,6 +33,7 @@ def test_serving_bench_quick_slice_writes_a_complete_report(tmp_path: Path) -> N
                 "(same bytes, no app) | bare uvicorn | 1 |"):
         assert row in md, row
     for ratio in ("(b) /v1 sample [mlp] / (a) ceiling, default", "(e) V2 binary n=1024 [mlp] / in-process",
+                  "with `ops.sample` stubbed",
                   "(e) bound [mlp]", "batching on / off (pool): /v1 sample n=1 [mlp]",
                   "default / pool/on: /v1 sample n=1 [mlp]"):
         assert ratio in md, ratio
