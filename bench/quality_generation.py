@@ -12,7 +12,8 @@ every step), test NLL in nats on a once-binarised test set by importance samplin
 Every generator is sampled as the service would sample its published version: the prior is built by
 `training.calibrate.latent_prior` (the function publishing calls: N(0, I), or a Gaussian/GMM fitted on the
 training codes) and drawn from by `service.ops.draw_prior`. The VAEs are trained with `prior = "gmm"` (a
-GMM on the posterior means, fitted at publish time); the same decoders with the default `prior = "normal"`
+GMM on the posterior means, fitted at publish time, `prior_components` = budget.vae_prior_components); the
+same decoders with the default `prior = "normal"`
 (N(0, I)) are listed beside them.
 """
 
@@ -118,11 +119,12 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 # --- samplers -------------------------------------------------------------------------------------------
 
 
-def served_prior(model: GenerativeModel, x_train: np.ndarray, seed: int, kind: str | None = None) -> Prior:
-    """The prior publishing would put in the manifest (training.calibrate.latent_prior, with the trainer's
-    default components); `kind` is the trainer's `prior` choice, which only deterministic AEs read."""
+def served_prior(model: GenerativeModel, x_train: np.ndarray, seed: int, kind: str | None = None,
+                 components: int | None = None) -> Prior:
+    """The prior publishing would put in the manifest (training.calibrate.latent_prior); `kind` and
+    `components` are the trainer's `prior` (read by deterministic AEs only) and `prior_components`."""
     tc = TrainConfig()
-    return latent_prior(model, x_train, kind or tc.prior, tc.prior_components, seed)
+    return latent_prior(model, x_train, kind or tc.prior, components or tc.prior_components, seed)
 
 
 def sample_model(model: GenerativeModel, n: int, seed: int, prior: Prior | None = None) -> np.ndarray:
@@ -223,8 +225,8 @@ def run(data: BenchData, budget: Budget, seed: int) -> dict[str, Any]:
     real = feats(data.test.x)
     samples = {}
     for fam in ("vae", "beta-vae"):  # as served with prior = "gmm", and with the default N(0, I)
-        samples[f"{fam} (prior=gmm)"] = sample_model(models[fam], n, seed,
-                                                     served_prior(models[fam], data.train.x, seed))
+        prior = served_prior(models[fam], data.train.x, seed, components=budget.vae_prior_components)
+        samples[f"{fam} (prior=gmm)"] = sample_model(models[fam], n, seed, prior)
         samples[f"{fam} (prior=normal)"] = sample_model(models[fam], n, seed)
     for fam in ("aae", "wae", "gan"):
         samples[fam] = sample_model(models[fam], n, seed, served_prior(models[fam], data.train.x, seed))
