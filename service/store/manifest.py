@@ -77,13 +77,14 @@ class DataSpec(_Strict):
 
 
 class NormalPrior(_Strict):
-    """Standard normal N(0, I): the prior of VAE, AAE, WAE and GAN."""
+    """Standard normal N(0, I): the prior of AAE, WAE and GAN, and of VAEs by default."""
 
     kind: Literal["normal"] = "normal"
 
 
 class GaussianPrior(_Strict):
-    """A full-covariance Gaussian fitted on training codes (deterministic AEs)."""
+    """A full-covariance Gaussian fitted on training codes (deterministic AEs; VAEs with `prior = "gaussian"`,
+    on their posterior means)."""
 
     kind: Literal["gaussian"] = "gaussian"
     mean: list[float]
@@ -91,7 +92,8 @@ class GaussianPrior(_Strict):
 
 
 class GMMPrior(_Strict):
-    """A Gaussian mixture fitted on training codes (deterministic AEs, ex-post density estimation)."""
+    """A Gaussian mixture fitted on training codes, ex-post density estimation (deterministic AEs; VAEs with
+    `prior = "gmm"`, on their posterior means)."""
 
     kind: Literal["gmm"] = "gmm"
     weights: list[float]
