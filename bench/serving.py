@@ -14,9 +14,10 @@ It starts `python -m service` (one uvicorn worker) on loopback over a private st
 
 Three server configurations run at once, each in its own process:
 
-    default       the shipped settings: batching on, and work measured under INLINE_BELOW_US (100 us) runs
-                  on the event loop instead of a pool thread
-    pool/on       batching on, every inference in the pool (INLINE_BELOW_US=0): where the batcher engages
+    default       the shipped settings: batching on; work measured under INLINE_BELOW_US (100 us), or under
+                  INLINE_ALONE_BELOW_US (2 ms) when the request is alone in the server, runs on the event
+                  loop instead of a pool thread
+    pool/on       batching on, every inference in the pool (both inline knobs 0): where the batcher engages
     pool/off      batching off, every inference in the pool
 
 (a), (b) and (e) are targets on `default`; "batching on / off" compares pool/on with pool/off, since tiny work
@@ -160,10 +161,11 @@ def server(store: Path, cfg: Config, workdir: Path) -> Iterator[tuple[str, subpr
         "LATENTSERVE_SHUTDOWN_DRAIN_S": "0",
         "PYTHONPATH": str(ROOT),
     }
-    if cfg.inline_below_us is not None:
-        env["LATENTSERVE_INLINE_BELOW_US"] = str(cfg.inline_below_us)
-    else:
-        env.pop("LATENTSERVE_INLINE_BELOW_US", None)
+    for var in ("LATENTSERVE_INLINE_BELOW_US", "LATENTSERVE_INLINE_ALONE_BELOW_US"):
+        if cfg.inline_below_us is not None:
+            env[var] = str(cfg.inline_below_us)  # the pool configurations: never inline
+        else:
+            env.pop(var, None)
     logf = open(workdir / f"server-{cfg.key.replace('/', '-')}.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=logf, stderr=logf)
     url = f"http://127.0.0.1:{port}"

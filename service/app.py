@@ -46,7 +46,8 @@ Errors are RFC 9457 problem+json."""
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    runtime = Runtime(settings, stats=app.state.metrics.inference)
+    metrics: Metrics = app.state.metrics
+    runtime = Runtime(settings, stats=metrics.inference, alone=lambda: metrics.in_flight <= 1)
     store = await anyio.to_thread.run_sync(ModelStore.open, settings.store, runtime.prepare)
     runtime.retain(store)
     app.state.runtime, app.state.store, app.state.ready = runtime, store, True

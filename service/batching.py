@@ -47,6 +47,8 @@ class BatchConfig:
     queue_size: int = 1024  # pending requests per graph before QueueFull
     instances: int = 2  # executions of one graph at once (Triton's instance count), each on a pool thread
     inline_below_us: float = 0.0  # run on the event loop when the predicted compute is below this (0 = never)
+    # ... and below this when the request is alone in the server (nothing else for the loop to do meanwhile)
+    inline_alone_below_us: float = 0.0
 
 
 class QueueFull(Exception):
@@ -81,8 +83,10 @@ class Batcher:
     def __init__(
         self, run: RunFn, config: BatchConfig, executor: Executor | None = None, *,
         model: str = "model", version: str = "1", stats: InferenceStats | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> None:
         self._run = run
+        self._alone = alone or (lambda: False)  # True when this request is the only one in the server
         self.config = config
         self._executor = executor
         self._model, self._version, self._stats = model, version, stats
@@ -111,9 +115,9 @@ class Batcher:
         if len(self._queue) >= self.config.queue_size:
             raise QueueFull(self._model, self.config.queue_size)
         rows, key = _signature(feeds)
-        if not self._queue and not self.config.max_queue_delay_us and self._tiny(rows):
-            # Nothing waiting, no batching window to honour, and the work is tiny: run it now, on the loop,
-            # without queue or future.
+        if not self._queue and not self.config.max_queue_delay_us and self._inline_now(rows):
+            # Nothing waiting, no batching window to honour, and the work is tiny (or the request is alone):
+            # run it now, on the loop, without queue or future.
             if self._stats is not None:
                 self._stats.queued(self._model, self._version, 0.0)
             return self._run_batch([feeds])[0]
@@ -210,10 +214,20 @@ class Batcher:
         assert self._loop is not None
         self._loop.create_task(self._execute(batch))
 
-    def _tiny(self, rows: int) -> bool:
-        """True when `rows` are predicted (from measured executions) to compute in under inline_below_us."""
-        limit = self.config.inline_below_us / 1e6
+    def _tiny(self, rows: int, limit_us: float | None = None) -> bool:
+        """True when `rows` are predicted (from measured executions) to compute in under `limit_us`
+        (default inline_below_us)."""
+        limit = (self.config.inline_below_us if limit_us is None else limit_us) / 1e6
         return self._s_per_row is not None and self._s_per_row * max(rows, 1) < limit
+
+    def _inline_now(self, rows: int) -> bool:
+        """Tiny work always runs inline. Larger work (up to inline_alone_below_us) too when the request is
+        alone: the loop would only wait for the thread, whose hand-off then is pure latency (at concurrency
+        1, a third of a 1 ms request in bench/serving.py)."""
+        if self._tiny(rows):
+            return True
+        alone_us = self.config.inline_alone_below_us
+        return bool(alone_us) and self._tiny(rows, alone_us) and self._alone()
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
@@ -274,11 +288,11 @@ def default_instances() -> int:
 def batch_config_from(settings: Any) -> BatchConfig:
     """The batcher knobs of a `Settings` object. Batching off is the same queue with batches of one."""
     instances = settings.batch_instances or default_instances()
-    inline = settings.inline_below_us
+    inline, alone = settings.inline_below_us, settings.inline_alone_below_us
     if not settings.batching:
-        return BatchConfig(1, 0, settings.queue_size, instances, inline)
+        return BatchConfig(1, 0, settings.queue_size, instances, inline, alone)
     return BatchConfig(settings.max_batch_size, settings.max_queue_delay_us, settings.queue_size, instances,
-                       inline)
+                       inline, alone)
 
 
 class _Session(Protocol):
@@ -300,14 +314,15 @@ def session_runner(sess: _Session) -> RunFn:
 class BatcherPool:
     """One `Batcher` per graph session, made on first use; a replaced session (reload) gets a fresh one."""
 
-    def __init__(self, config: BatchConfig, stats: InferenceStats | None = None) -> None:
-        self.config, self.stats = config, stats
+    def __init__(self, config: BatchConfig, stats: InferenceStats | None = None,
+                 alone: Callable[[], bool] | None = None) -> None:
+        self.config, self.stats, self.alone = config, stats, alone
         self._by_key: dict[object, tuple[_Session, Batcher]] = {}
 
     def get(self, key: object, sess: _Session, model: str, version: str) -> Batcher:
         entry = self._by_key.get(key)
         if entry is None or entry[0] is not sess:
             entry = (sess, Batcher(session_runner(sess), self.config, model=model, version=version,
-                                   stats=self.stats))
+                                   stats=self.stats, alone=self.alone))
             self._by_key[key] = entry
         return entry[1]

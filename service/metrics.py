@@ -124,6 +124,7 @@ class Metrics:
     """Everything /metrics exposes for one app, in its own registry (tests build many apps)."""
 
     def __init__(self) -> None:
+        self.in_flight = 0  # HTTP requests inside the app now (the batcher asks whether one is alone)
         self.registry = CollectorRegistry(auto_describe=False)
         self.inference = InferenceStats()
         self.registry.register(self.inference)
@@ -149,6 +150,7 @@ class MetricsMiddleware:
             return
         status = 500  # an exception that escapes the app is a 500
         start = time.perf_counter()
+        self.metrics.in_flight += 1
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             nonlocal status
@@ -159,6 +161,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.in_flight -= 1
             route = scope.get("route")
             template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
             self.metrics.http.labels(scope["method"], template, str(status)).observe(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -81,14 +81,16 @@ class _TorchScriptSession:
 class Runtime:
     """Sessions keyed by (model, version, graph), and the async `infer` every operation awaits."""
 
-    def __init__(self, settings: Settings, stats: InferenceStats | None = None) -> None:
+    def __init__(self, settings: Settings, stats: InferenceStats | None = None,
+                 alone: Callable[[], bool] | None = None) -> None:
+        """`alone()` says whether the current request is the only one in the server (see batching)."""
         self.settings = settings
         self._sessions: dict[SessionKey, GraphSession] = {}
         # sha256 of the file each session was built from: a version folder replaced in place under the same
         # number (e.g. `zoo --fresh`) has new digests, so its sessions are rebuilt instead of served stale.
         self._digests: dict[SessionKey, str] = {}
         self.stats = stats or InferenceStats()  # Triton-named metrics, labelled by V2 name <model>.<graph>
-        self._batchers = BatcherPool(batch_config_from(settings), self.stats)  # one queue per graph
+        self._batchers = BatcherPool(batch_config_from(settings), self.stats, alone)  # one queue per graph
 
     def prepare(self, mv: ModelVersion) -> None:
         """Create the sessions of every graph of `mv` (idempotent). Raises when a graph cannot be loaded."""

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     inline_below_us: float = Field(
         default=100.0, ge=0, description="predicted compute below this runs on the event loop (0 = never)"
     )
+    # The same when the request is alone in the server: the loop has nothing else to do while the thread runs,
+    # so the hand-off is pure latency (bench/serving.py (e): a third of a 1 ms request at concurrency 1). A
+    # request arriving meanwhile waits at most this long; with company, work goes to the pool and batches.
+    inline_alone_below_us: float = Field(
+        default=2000.0, ge=0, description="predicted compute below this runs on the event loop when the "
+        "request is the only one in the server (0 = never)"
+    )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_items: int = Field(default=256, ge=1, description="images or latents per request")
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="declared W*H above this is refused")

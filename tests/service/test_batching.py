@@ -225,6 +225,30 @@ def test_a_batching_window_is_honoured_even_for_tiny_work(session: ort.Inference
     assert sizes == [1, 1, 1, 1, 1]  # no window: each tiny request ran at once, on the loop
 
 
+def test_larger_work_runs_inline_only_when_the_request_is_alone(session: ort.InferenceSession) -> None:
+    """Work above inline_below_us but under inline_alone_below_us skips the pool only while `alone()` holds."""
+    threads: list[int] = []
+    run = _runner(session)
+    alone = [True]
+
+    def spy(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return run(feeds)
+
+    async def main() -> None:
+        cfg = BatchConfig(8, 0, 16, inline_below_us=1e-3, inline_alone_below_us=1e9)
+        b = Batcher(spy, cfg, alone=lambda: alone[0])
+        x = np.ones((1, 8), np.float32)
+        for flag in (True, True, False, True, False):  # the first run is unmeasured: the pool
+            alone[0] = flag
+            np.testing.assert_allclose((await b.infer({"x": x}))["y"], run({"x": x})["y"], rtol=1e-6)
+
+    loop_thread = threading.get_ident()
+    asyncio.run(main())
+    on_loop = [t == loop_thread for t in threads]
+    assert on_loop == [False, True, False, True, False]
+
+
 def test_settings_map_to_batch_configs() -> None:
     from service.batching import batch_config_from
     from service.settings import Settings
@@ -233,6 +257,8 @@ def test_settings_map_to_batch_configs() -> None:
     assert (off.max_batch_size, off.max_queue_delay_us, off.queue_size, off.instances) == (1, 0, 7, 3)
     on = batch_config_from(Settings(batching=True, max_batch_size=32, max_queue_delay_us=250))
     assert (on.max_batch_size, on.max_queue_delay_us) == (32, 250) and on.instances >= 2
+    knobs = batch_config_from(Settings(inline_below_us=50, inline_alone_below_us=700))
+    assert (knobs.inline_below_us, knobs.inline_alone_below_us) == (50, 700)
 
 
 def test_onnx_helper_graph_is_valid() -> None:

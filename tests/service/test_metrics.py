@@ -63,3 +63,34 @@ def test_http_histogram_uses_route_templates_and_apps_do_not_collide() -> None:
     assert s[(count, (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1
     assert not any(k[0] == count and ("route", "/items/1") in k[1] for k in s)
     assert "/items" not in apps[1].state.metrics.render().decode()  # the other app saw no traffic
+
+
+def test_in_flight_counts_requests_inside_the_app_and_returns_to_zero() -> None:
+    """The batcher's `alone()` rule reads this counter: it must see concurrent requests and never leak."""
+    import threading
+
+    metrics = Metrics()
+    seen: list[int] = []
+    gate = threading.Barrier(2, timeout=10)
+    app = FastAPI()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/wait")
+    def wait() -> dict[str, int]:  # sync: each request on its own pool thread, so two overlap
+        gate.wait()
+        seen.append(metrics.in_flight)
+        return {}
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        threads = [threading.Thread(target=c.get, args=("/wait",)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert c.get("/boom").status_code == 500
+    assert seen == [2, 2]
+    assert metrics.in_flight == 0
