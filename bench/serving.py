@@ -744,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 s per point, one run, c = 1 and 16")
     p.add_argument("--duration", type=float, default=None, help="seconds per point (default 2, quick 1)")
-    p.add_argument("--reps", type=int, default=None, help="interleaved runs per point (default 2, quick 1)")
+    p.add_argument("--reps", type=int, default=None, help="interleaved runs per point (default 3, quick 1)")
     p.add_argument(
         "--profile",
         nargs="*",
@@ -766,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "serving.md")
     args = p.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 2.0)
-    args.reps = args.reps or (1 if args.quick else 2)
+    args.reps = args.reps or (1 if args.quick else 3)
     if args.quick:
         args.profile = args.profile[:1]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
