@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -129,8 +128,8 @@ def served_prior(model: GenerativeModel, x_train: np.ndarray, seed: int, kind: s
 
 def sample_model(model: GenerativeModel, n: int, seed: int, prior: Prior | None = None) -> np.ndarray:
     """n images decoded from codes that the service's sample op would draw from `prior` (N(0, I) if None)."""
-    manifest = SimpleNamespace(latent=LatentSpec(dim=model.cfg.latent_dim, prior=prior or NormalPrior()))
-    z = draw_prior(manifest, n, np.random.default_rng(seed))  # type: ignore[arg-type]
+    latent = LatentSpec(dim=model.cfg.latent_dim, prior=prior or NormalPrior())
+    z = draw_prior(latent, n, np.random.default_rng(seed))
     return np.asarray(batched(model.decode, z))
 
 

@@ -146,6 +146,21 @@ CONFIGS = (
 )
 
 
+def wait_ready(url: str, proc: subprocess.Popen[bytes], failure: str, timeout_s: float = 60) -> None:
+    """Poll `url` until it answers 200; raise RuntimeError(failure) if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(failure)
+        time.sleep(0.1)
+
+
 @contextmanager
 def server(store: Path, cfg: Config, workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m service` with the default settings but `cfg` (and room for n=1024 requests)."""
@@ -170,17 +185,7 @@ def server(store: Path, cfg: Config, workdir: Path) -> Iterator[tuple[str, subpr
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=logf, stderr=logf)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready; see {logf.name}")
-            time.sleep(0.1)
+        wait_ready(url + "/health/ready", proc, f"server did not become ready; see {logf.name}")
         yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -360,15 +365,7 @@ def http_floor(
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the HTTP floor app did not start") from None
-                time.sleep(0.1)
+        wait_ready(url + "/", proc, "the HTTP floor app did not start")  # it answers 200 on any path
         wrk(url, sc, 1, 1, workdir)  # warm-up
         runs = [wrk(url, sc, 1, duration, workdir, proc.pid) for _ in range(reps)]
         return max(runs, key=lambda r: r["rps"])

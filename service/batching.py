@@ -120,7 +120,7 @@ class Batcher:
             # run it now, on the loop, without queue or future.
             if self._stats is not None:
                 self._stats.queued(self._model, self._version, 0.0)
-            return self._run_batch([feeds])[0]
+            return self._run_batch([feeds], [rows])[0]
         item = _Pending(feeds, rows, key, loop.create_future(), time.perf_counter())
         self._queue.append(item)
         self._count_pending(+1)
@@ -201,10 +201,10 @@ class Batcher:
     def _start(self, batch: list[_Pending]) -> None:
         if not batch:
             return
-        if self._tiny(sum(p.rows for p in batch)):
+        if self._predicted_below(sum(p.rows for p in batch), self.config.inline_below_us):
             # Tiny work: a hand-off to a thread costs more than the inference itself.
             try:
-                parts = self._run_batch([p.feeds for p in batch])
+                parts = self._run_batch([p.feeds for p in batch], [p.rows for p in batch])
             except Exception as exc:
                 self._fail(batch, exc)
                 return
@@ -214,25 +214,23 @@ class Batcher:
         assert self._loop is not None
         self._loop.create_task(self._execute(batch))
 
-    def _tiny(self, rows: int, limit_us: float | None = None) -> bool:
-        """True when `rows` are predicted (from measured executions) to compute in under `limit_us`
-        (default inline_below_us)."""
-        limit = (self.config.inline_below_us if limit_us is None else limit_us) / 1e6
-        return self._s_per_row is not None and self._s_per_row * max(rows, 1) < limit
+    def _predicted_below(self, rows: int, limit_us: float) -> bool:
+        """True when `rows` are predicted (from measured executions) to compute in under `limit_us`."""
+        return self._s_per_row is not None and self._s_per_row * max(rows, 1) * 1e6 < limit_us
 
     def _inline_now(self, rows: int) -> bool:
         """Tiny work always runs inline. Larger work (up to inline_alone_below_us) too when the request is
         alone: the loop would only wait for the thread, whose hand-off then is pure latency (at concurrency
         1, a third of a 1 ms request in bench/serving.py)."""
-        if self._tiny(rows):
+        if self._predicted_below(rows, self.config.inline_below_us):
             return True
-        alone_us = self.config.inline_alone_below_us
-        return bool(alone_us) and self._tiny(rows, alone_us) and self._alone()
+        return self._predicted_below(rows, self.config.inline_alone_below_us) and self._alone()
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            parts = await loop.run_in_executor(self._executor, self._run_batch, [p.feeds for p in batch])
+            parts = await loop.run_in_executor(
+                self._executor, self._run_batch, [p.feeds for p in batch], [p.rows for p in batch])
         except BaseException as exc:  # every waiter of the batch gets the error; the scheduler keeps going
             self._fail(batch, exc)
             if not isinstance(exc, Exception):
@@ -256,13 +254,12 @@ class Batcher:
             if not p.future.done():
                 p.future.set_exception(err)
 
-    def _run_batch(self, feeds: list[Feeds]) -> list[Feeds]:
+    def _run_batch(self, feeds: list[Feeds], rows: list[int]) -> list[Feeds]:
         """Worker thread: concatenate, run once, split back into per-request outputs."""
         if len(feeds) == 1:
             merged = feeds[0]
         else:
             merged = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
-        rows = [_signature(f)[0] for f in feeds]
         start = time.perf_counter()
         out = self._run(merged)
         took = time.perf_counter() - start

@@ -190,16 +190,21 @@ def lean_handler(route: APIRoute, read_body: Callable[[Request], Awaitable[bytes
     return handler
 
 
-async def raw_body(request: Request) -> bytes:
-    """The body as sent: read as JSON whatever its content-type (as JSONOrFormRoute does)."""
-    return await request.body()
-
-
 class LeanRoute(APIRoute):
-    """An APIRoute served by the lean handler wherever `plan` allows, else by FastAPI's own."""
+    """An APIRoute served by the lean handler wherever `plan` allows, else by FastAPI's own.
+
+    Subclasses say how a body is read (`read_body`) and may adapt FastAPI's handler for the routes the lean
+    path cannot serve (`fastapi_handler`); the choice between the two is made here, once per route."""
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body as sent, read as JSON whatever its content-type."""
+        return await request.body()
+
+    def fastapi_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return super().get_route_handler()
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return lean_handler(self, raw_body) or super().get_route_handler()  # type: ignore[return-value]
+        return lean_handler(self, self.read_body) or self.fastapi_handler()  # type: ignore[return-value]
 
 
 class HotIndex(BaseRoute):

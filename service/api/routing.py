@@ -14,11 +14,10 @@ from typing import Any
 
 import orjson
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.lean import lean_handler
+from service.api.lean import LeanRoute
 from service.errors import MalformedRequest
 
 #: Fields that hold images and so may repeat (lists); `start`/`end` take one file each.
@@ -81,19 +80,15 @@ def _with_json(request: Request, body: bytes | None) -> Request:
     return new
 
 
-async def json_body(request: Request) -> bytes:
-    """The request body as JSON bytes: multipart forms converted, anything else taken as JSON."""
-    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        return await _form_to_json(request)
-    return await request.body()
+class JSONOrFormRoute(LeanRoute):
+    async def read_body(self, request: Request) -> bytes:
+        """The request body as JSON bytes: multipart forms converted, anything else taken as JSON."""
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            return await _form_to_json(request)
+        return await request.body()
 
-
-class JSONOrFormRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        lean = lean_handler(self, json_body)  # skips FastAPI's per-request dependency solver
-        if lean is not None:
-            return lean  # type: ignore[return-value]
-        handler = super().get_route_handler()
+    def fastapi_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().fastapi_handler()
 
         async def route(request: Request) -> Response:
             ctype = request.headers.get("content-type", "").lower()

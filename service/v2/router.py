@@ -17,9 +17,8 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 
-from service.api.lean import lean_handler, raw_body
+from service.api.lean import LeanRoute
 from service.errors import CapabilityMissing, InvalidInput, ModelNotFound, NotReady, ServiceError
 from service.runtime import Runtime
 from service.shutdown import is_draining
@@ -61,12 +60,11 @@ def error_response(exc: Exception) -> Response:
     return _json({"error": exc.detail}, status, exc.headers or None)
 
 
-class V2Route(APIRoute):
+class V2Route(LeanRoute):
     """Renders domain, codec and validation errors as V2 `{"error": ...}` bodies."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        # The lean handler skips FastAPI's per-request dependency solver (service/api/lean.py).
-        handler = lean_handler(self, raw_body) or super().get_route_handler()
+        handler = super().get_route_handler()  # lean where it can be (service/api/lean.py)
 
         async def route(request: Request) -> Response:
             try:

@@ -226,7 +226,8 @@ def test_a_batching_window_is_honoured_even_for_tiny_work(session: ort.Inference
 
 
 def test_larger_work_runs_inline_only_when_the_request_is_alone(session: ort.InferenceSession) -> None:
-    """Work above inline_below_us but under inline_alone_below_us skips the pool only while `alone()` holds."""
+    """Work above inline_below_us but under inline_alone_below_us skips the pool only while `alone()`
+    holds."""
     threads: list[int] = []
     run = _runner(session)
     alone = [True]

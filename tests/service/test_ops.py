@@ -58,11 +58,11 @@ def test_gaussian_and_gmm_priors_match_their_parameters(runtime_store: Env) -> N
     _, store = runtime_store
     rng = np.random.default_rng(0)
     gauss = store.get("tiny-ae", 1).manifest
-    z = ops.draw_prior(gauss, 20000, rng)
+    z = ops.draw_prior(gauss.latent, 20000, rng)
     np.testing.assert_allclose(z.mean(0), gauss.latent.prior.mean, atol=0.05)  # type: ignore[union-attr]
     np.testing.assert_allclose(np.cov(z.T), gauss.latent.prior.cov, atol=0.08)  # type: ignore[union-attr]
     gmm = store.get("tiny-ae", 2).manifest  # components at -2 and +2 with weights 0.3 / 0.7
-    z = ops.draw_prior(gmm, 20000, rng)
+    z = ops.draw_prior(gmm.latent, 20000, rng)
     assert abs((z[:, 0] > 0).mean() - 0.7) < 0.02
     assert abs(z[z[:, 0] > 0].std() - np.sqrt(0.2)) < 0.03
 
