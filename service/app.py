@@ -47,7 +47,13 @@ Errors are RFC 9457 problem+json."""
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
-    runtime = Runtime(settings, stats=metrics.inference, alone=lambda: metrics.in_flight <= 1)
+    received = getattr(app.state, "requests_received", None)  # set by service.shutdown's server
+
+    def alone() -> bool:
+        """No other request inside the app, nor (under our uvicorn server) received and waiting its turn."""
+        return metrics.in_flight <= 1 and (received is None or received() <= 1)
+
+    runtime = Runtime(settings, stats=metrics.inference, alone=alone)
     store = await anyio.to_thread.run_sync(ModelStore.open, settings.store, runtime.prepare)
     runtime.retain(store)
     app.state.runtime, app.state.store, app.state.ready = runtime, store, True

@@ -68,6 +68,14 @@ class _Pending:
     enqueued: float
 
 
+def _rows(feeds: Feeds) -> int:
+    """Batch rows of a request, as `_signature` counts them, without building its key (the inline path)."""
+    if len(feeds) == 1:
+        a = next(iter(feeds.values()))
+        return a.shape[0] if a.ndim else 0
+    return _signature(feeds)[0]
+
+
 def _signature(feeds: Feeds) -> tuple[int, object]:
     """(rows, batching key). Inputs that do not share a dim 0 get a unique key: they run alone."""
     rows = {a.shape[0] if a.ndim else -1 for a in feeds.values()}
@@ -101,6 +109,8 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._in_flight = 0  # executions running in the pool
         self._filling = False  # a task is waiting for a partial batch to fill
+        self._flush_soon = False  # a loop callback will run the queued tiny work (see `_dispatch`)
+        self._flushing = False  # ... and is running it now
         self._arrival: asyncio.Future[None] | None = None  # wakes that task when a request arrives
 
     @property
@@ -114,13 +124,13 @@ class Batcher:
             self._reset(loop)
         if len(self._queue) >= self.config.queue_size:
             raise QueueFull(self._model, self.config.queue_size)
+        if not self._queue and not self.config.max_queue_delay_us:
+            rows = _rows(feeds)
+            if self._inline_now(rows):
+                # Nothing waiting, no batching window to honour, and the work is tiny (or the request is
+                # alone): run it now, on the loop, without queue or future (and no queue time to record).
+                return self._run_batch([feeds], [rows])[0]
         rows, key = _signature(feeds)
-        if not self._queue and not self.config.max_queue_delay_us and self._inline_now(rows):
-            # Nothing waiting, no batching window to honour, and the work is tiny (or the request is alone):
-            # run it now, on the loop, without queue or future.
-            if self._stats is not None:
-                self._stats.queued(self._model, self._version, 0.0)
-            return self._run_batch([feeds], [rows])[0]
         item = _Pending(feeds, rows, key, loop.create_future(), time.perf_counter())
         self._queue.append(item)
         self._count_pending(+1)
@@ -142,7 +152,23 @@ class Batcher:
                 assert self._loop is not None
                 self._loop.create_task(self._fill())
                 return
+            if not self._flushing and self._predicted_below(self._queue[0].rows, self.config.inline_below_us):
+                # Tiny work runs on the loop, one turn later: the requests that arrived with this one (their
+                # tasks are already scheduled, ahead of this callback) join its batch, and one onnxruntime
+                # call serves them all.
+                if not self._flush_soon:
+                    self._flush_soon = True
+                    assert self._loop is not None
+                    self._loop.call_soon(self._flush)
+                return
             self._start(self._take())
+
+    def _flush(self) -> None:
+        self._flush_soon, self._flushing = False, True
+        try:
+            self._dispatch()
+        finally:
+            self._flushing = False
 
     def _should_wait(self) -> bool:
         delay = self.config.max_queue_delay_us / 1e6
@@ -219,12 +245,14 @@ class Batcher:
         return self._s_per_row is not None and self._s_per_row * max(rows, 1) * 1e6 < limit_us
 
     def _inline_now(self, rows: int) -> bool:
-        """Tiny work always runs inline. Larger work (up to inline_alone_below_us) too when the request is
-        alone: the loop would only wait for the thread, whose hand-off then is pure latency (at concurrency
-        1, a third of a 1 ms request in bench/serving.py)."""
-        if self._predicted_below(rows, self.config.inline_below_us):
+        """Run at once, on the loop, without queue or future: work predicted under inline_alone_below_us when
+        the request is alone (the loop would only wait for a thread, whose hand-off is then pure latency: at
+        concurrency 1, a third of a 1 ms request in bench/serving.py), and tiny work when there is no batching
+        to be had (batching off). Tiny work with company queues and is flushed on the loop, batched."""
+        tiny = self._predicted_below(rows, self.config.inline_below_us)
+        if tiny and self.config.max_batch_size == 1:
             return True
-        return self._predicted_below(rows, self.config.inline_alone_below_us) and self._alone()
+        return (tiny or self._predicted_below(rows, self.config.inline_alone_below_us)) and self._alone()
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()

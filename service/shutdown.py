@@ -81,6 +81,9 @@ class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Any, grace_s: float, drain_s: float) -> None:
         super().__init__(config)
         self.owner = app
+        # Requests received and not yet answered, including those whose task has not started: uvicorn's own
+        # count (its limit_concurrency reads the same set). The batcher asks it whether a request is alone.
+        app.state.requests_received = lambda: len(self.server_state.tasks)
         self.grace_s = grace_s
         self.drain_s = min(drain_s, max(0.0, grace_s - LIFESPAN_RESERVE_S))
         self._signalled = False

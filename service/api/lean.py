@@ -61,7 +61,8 @@ def _query_step(field: Any) -> Step | None:
     is_str = ann is str
 
     def step(request: Request, body: bytes | None, out: Out, errs: Errs) -> None:
-        raw = request.query_params.get(alias)
+        # No query string (the usual case): skip building QueryParams just to find nothing in it.
+        raw = request.query_params.get(alias) if request.scope.get("query_string") else None
         if raw is None:
             if required:
                 errs.append(_missing(("query", alias)))
@@ -112,6 +113,14 @@ def _dependency_step(sub: Dependant) -> DepStep | None:
     fill = _plan(sub)
     if fill is None:
         return None
+    if _request_only(sub):  # e.g. get_store(request): call it straight, no filling
+        request_name = sub.request_param_name
+        assert request_name is not None
+
+        async def direct(request: Request, body: bytes | None, out: Out, errs: Errs) -> None:
+            out[name] = await call(**{request_name: request})
+
+        return direct
 
     async def step(request: Request, body: bytes | None, out: Out, errs: Errs) -> None:
         kwargs = await fill(request, body, errs)
@@ -119,6 +128,12 @@ def _dependency_step(sub: Dependant) -> DepStep | None:
             out[name] = await call(**kwargs)
 
     return step
+
+
+def _request_only(d: Dependant) -> bool:
+    """True when the dependency takes the `Request` and nothing else."""
+    return d.request_param_name is not None and not (
+        d.dependencies or d.path_params or d.query_params or d.body_params)
 
 
 def _plan(d: Dependant) -> Fill | None:

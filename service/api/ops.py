@@ -105,7 +105,9 @@ def op_route(
 # --- helpers ------------------------------------------------------------------------------------
 def wants_png(request: Request) -> bool:
     """True when the first of image/png or application/json named in Accept is image/png."""
-    for part in request.headers.get("accept", "").split(","):
+    # The raw header list: building Starlette's Headers for one lookup costs more than the scan.
+    accept = next((v for k, v in request.scope["headers"] if k == b"accept"), b"").decode("latin-1")
+    for part in accept.split(","):
         media = part.split(";")[0].strip().lower()
         if media == "image/png":
             return True

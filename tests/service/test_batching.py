@@ -210,19 +210,48 @@ def test_a_batching_window_is_honoured_even_for_tiny_work(session: ort.Inference
         sizes.append(len(feeds["x"]))
         return run(feeds)
 
-    async def main(delay_us: int) -> None:
-        b = Batcher(spy, BatchConfig(8, delay_us, 16, inline_below_us=1e9))
+    async def main(delay_us: int, alone: bool) -> None:
+        b = Batcher(spy, BatchConfig(8, delay_us, 16, inline_below_us=1e9), alone=lambda: alone)
         await b.infer({"x": np.ones((1, 8), np.float32)})  # measured once: from now on everything is tiny
         xs = [np.full((1, 8), i, np.float32) for i in range(4)]
         outs = await asyncio.gather(*(b.infer({"x": x}) for x in xs))
         for x, out in zip(xs, outs, strict=True):
             np.testing.assert_allclose(out["y"], run({"x": x})["y"], rtol=1e-6)
 
-    asyncio.run(main(20_000))
-    assert sizes == [1, 4]  # the four waited 20 ms for each other
+    asyncio.run(main(20_000, alone=True))
+    assert sizes == [1, 4]  # the four waited 20 ms for each other, alone or not
     sizes.clear()
-    asyncio.run(main(0))
-    assert sizes == [1, 1, 1, 1, 1]  # no window: each tiny request ran at once, on the loop
+    asyncio.run(main(0, alone=True))
+    assert sizes == [1, 1, 1, 1, 1]  # no window and each request alone: each ran at once, on the loop
+
+
+def test_tiny_work_with_company_is_batched_on_the_loop(session: ort.InferenceSession) -> None:
+    """No window, requests not alone: tiny ones that arrive in the same loop turn share one execution, run
+    on the event loop (no thread), one turn later; batching off runs each at once."""
+    calls: list[tuple[int, int]] = []
+    run = _runner(session)
+
+    def spy(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append((len(feeds["x"]), threading.get_ident()))
+        return run(feeds)
+
+    async def main(max_batch: int) -> None:
+        b = Batcher(spy, BatchConfig(max_batch, 0, 16, inline_below_us=1e9), alone=lambda: False)
+        await b.infer({"x": np.ones((1, 8), np.float32)})  # measured once (in the pool)
+        xs = [np.full((i % 2 + 1, 8), i, np.float32) for i in range(5)]  # 1 or 2 rows each: 7 rows
+        outs = await asyncio.gather(*(b.infer({"x": x}) for x in xs))
+        for x, out in zip(xs, outs, strict=True):  # each gets exactly its own rows back
+            np.testing.assert_allclose(out["y"], run({"x": x})["y"], rtol=1e-6)
+
+    loop_thread = threading.get_ident()
+    asyncio.run(main(8))
+    assert [n for n, _ in calls] == [1, 7] and calls[1][1] == loop_thread
+    calls.clear()
+    asyncio.run(main(4))  # max_batch_size 4: 1+2+1 = 4 rows, then 2+1
+    assert [n for n, _ in calls] == [1, 4, 3] and {t for _, t in calls[1:]} == {loop_thread}
+    calls.clear()
+    asyncio.run(main(1))  # batching off: nothing to merge, each runs at once
+    assert [n for n, _ in calls] == [1, 1, 2, 1, 2, 1]
 
 
 def test_larger_work_runs_inline_only_when_the_request_is_alone(session: ort.InferenceSession) -> None:

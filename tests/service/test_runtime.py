@@ -1,0 +1,65 @@
+"""Runtime's onnxruntime sessions: the direct call under InferenceSession.run, and infer's cached lookups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from storebuilder import build_model, run
+
+from service.errors import InferenceFailed, InvalidInput
+from service.runtime import Runtime, _OnnxSession
+from service.settings import Settings
+from service.store.repository import ModelStore
+
+
+def _decoder(store: ModelStore) -> Path:
+    mv = store.get("m")
+    return mv.file(mv.manifest.graphs["decoder"].file)
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> tuple[Runtime, ModelStore]:
+    build_model(tmp_path, "m", 1, seed=3)
+    rt = Runtime(Settings(store=tmp_path))
+    return rt, ModelStore.open(tmp_path, check=rt.prepare)
+
+
+def test_direct_run_equals_the_public_run(opened: tuple[Runtime, ModelStore]) -> None:
+    rt, store = opened
+    path = str(_decoder(store))
+    fast = _OnnxSession(path, Settings())
+    assert fast._run != fast._public_run  # noqa: SLF001  this onnxruntime has the compiled session
+    public = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    z = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    want = public.run(None, {"z": z})
+    got = fast.run({"z": z})
+    assert [o.name for o in public.get_outputs()] == fast.output_names
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    fast._run = fast._public_run  # noqa: SLF001  an onnxruntime without `_sess`: the public method
+    for a, b in zip(fast.run({"z": z}), want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_direct_run_still_reports_bad_feeds(opened: tuple[Runtime, ModelStore]) -> None:
+    _, store = opened
+    fast = _OnnxSession(str(_decoder(store)), Settings())
+    with pytest.raises(Exception, match="(?i)invalid|unexpected|type"):
+        fast.run({"z": np.zeros((1, 4), np.float64)})  # wrong dtype: onnxruntime's own error
+
+
+def test_infer_checks_inputs_and_names_missing_graphs(opened: tuple[Runtime, ModelStore]) -> None:
+    """(A version folder replaced in place: tests/service/test_runtime_republish.py.)"""
+    rt, store = opened
+    mv = store.get("m")
+    with pytest.raises(InvalidInput, match="needs inputs"):
+        run(rt.infer(mv, "decoder", {"nope": np.zeros((1, 4), np.float32)}))
+    with pytest.raises(InferenceFailed, match="no session"):
+        run(rt.infer(mv, "critic", {"z": np.zeros((1, 4), np.float32)}))
+    z = {"z": np.zeros((2, 4), np.float32)}
+    first = run(rt.infer(mv, "decoder", z))["x_hat"]
+    assert first.shape[0] == 2
+    assert run(rt.infer(mv, "decoder", z))["x_hat"].tobytes() == first.tobytes()
