@@ -68,7 +68,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The store opens in the lifespan, so importing or creating an app loads nothing."""
     settings = settings or get_settings()
-    app = FastAPI(title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    otel = None if settings.otel else {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  telemetry=otel)
     app.state.settings = settings
     app.state.store = app.state.runtime = None
     app.state.ready = False

@@ -78,6 +78,11 @@ def _rows(feeds: Feeds) -> int:
 
 def _signature(feeds: Feeds) -> tuple[int, object]:
     """(rows, batching key). Inputs that do not share a dim 0 get a unique key: they run alone."""
+    if len(feeds) == 1:  # the usual case, without the sets and sorting below
+        (name, a), = feeds.items()
+        if not a.ndim:
+            return 0, object()
+        return a.shape[0], ((name, a.dtype.str, a.shape[1:]),)
     rows = {a.shape[0] if a.ndim else -1 for a in feeds.values()}
     if len(rows) != 1 or -1 in rows:
         return 0, object()
@@ -98,6 +103,8 @@ class Batcher:
         self.config = config
         self._executor = executor
         self._model, self._version, self._stats = model, version, stats
+        if stats is not None:
+            stats.pending_from(model, version, lambda: len(self._queue))
         self._reset(None)
         # Compute time per row: the minimum of recent executions, since wall time measured on a busy host
         # also counts waits for a core or the GIL, which says nothing about the work itself.
@@ -133,35 +140,44 @@ class Batcher:
         rows, key = _signature(feeds)
         item = _Pending(feeds, rows, key, loop.create_future(), time.perf_counter())
         self._queue.append(item)
-        self._count_pending(+1)
         if self._arrival is not None and not self._arrival.done():
             self._arrival.set_result(None)
         self._dispatch()
         return await item.future
 
-    def _count_pending(self, delta: int) -> None:
-        if self._stats is not None:
-            self._stats.pending(self._model, self._version, delta)
-
     # --- scheduling (event loop only) -------------------------------------------------------------
     def _dispatch(self) -> None:
         """Start executions while an instance is free; a partial batch may first wait to fill."""
-        while self._queue and self._in_flight < self.config.instances and not self._filling:
+        while self._queue and not self._filling:
             if self._should_wait():
                 self._filling = True
                 assert self._loop is not None
                 self._loop.create_task(self._fill())
                 return
-            if not self._flushing and self._predicted_below(self._queue[0].rows, self.config.inline_below_us):
-                # Tiny work runs on the loop, one turn later: the requests that arrived with this one (their
-                # tasks are already scheduled, ahead of this callback) join its batch, and one onnxruntime
-                # call serves them all.
-                if not self._flush_soon:
-                    self._flush_soon = True
-                    assert self._loop is not None
-                    self._loop.call_soon(self._flush)
+            tiny = self._tiny_rows()
+            if tiny:
+                # Tiny work runs on the loop (it needs no pool instance), one turn later: the requests that
+                # arrived with this one (their tasks are already scheduled, ahead of this callback) join its
+                # batch, and one onnxruntime call serves them all.
+                if not self._flushing:
+                    if not self._flush_soon:
+                        self._flush_soon = True
+                        assert self._loop is not None
+                        self._loop.call_soon(self._flush)
+                    return
+            elif self._in_flight >= self.config.instances:
                 return
-            self._start(self._take())
+            self._start(self._take(tiny or self.config.max_batch_size))
+
+    def _tiny_rows(self) -> int:
+        """How many rows a batch may hold and still be predicted tiny (under inline_below_us); 0 when even
+        the head request is not."""
+        if self._s_per_row is None or not self.config.inline_below_us:
+            return 0
+        fit = int(self.config.inline_below_us / 1e6 / max(self._s_per_row, 1e-12))
+        if fit < max(self._queue[0].rows, 1):
+            return 0
+        return max(1, min(fit, self.config.max_batch_size))
 
     def _flush(self) -> None:
         self._flush_soon, self._flushing = False, True
@@ -194,34 +210,31 @@ class Batcher:
                 finally:
                     self._arrival = None
             if self._queue:
-                self._start(self._take())
+                self._start(self._take(self.config.max_batch_size))
         except BaseException as exc:  # never leave a waiter hanging, whatever went wrong
             self._fail(list(self._queue), exc)
-            self._count_pending(-len(self._queue))
             self._queue.clear()
             raise
         finally:
             self._filling = False
         self._dispatch()
 
-    def _take(self) -> list[_Pending]:
-        """Pop the oldest request and every later one that fits its batch (same key, row budget)."""
+    def _take(self, max_rows: int) -> list[_Pending]:
+        """Pop the oldest request and every later one that fits its batch (same key, up to max_rows rows)."""
         first = self._queue.popleft()
         batch, rows, keep = [first], first.rows, deque[_Pending]()
         while self._queue:
             p = self._queue.popleft()
-            if p.signature == first.signature and rows + p.rows <= self.config.max_batch_size:
+            if p.signature == first.signature and rows + p.rows <= max_rows:
                 batch.append(p)
                 rows += p.rows
             else:
                 keep.append(p)
         self._queue = keep
-        self._count_pending(-len(batch))
         now = time.perf_counter()
         live = [p for p in batch if not p.future.done()]  # a cancelled client needs no rows
-        if self._stats is not None:
-            for p in live:
-                self._stats.queued(self._model, self._version, now - p.enqueued)
+        if self._stats is not None and live:
+            self._stats.queued(self._model, self._version, sum(now - p.enqueued for p in live))
         return live
 
     def _start(self, batch: list[_Pending]) -> None:

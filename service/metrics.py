@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -59,7 +59,9 @@ class InferenceStats(Collector):
         self._values: dict[tuple[str, str], dict[str, float]] = defaultdict(
             lambda: dict.fromkeys(_COUNTERS, 0.0))
         self._failures: dict[tuple[str, str, str], float] = defaultdict(float)
-        self._pending: dict[tuple[str, str], int] = defaultdict(int)
+        # The pending gauge is read from its source (a batcher's queue length) when collected, so the hot path
+        # keeps no count. Sources are replaced when a graph gets a new batcher (reload).
+        self._pending: dict[tuple[str, str], Callable[[], int]] = {}
 
     def request(
         self, model: str, version: str, duration_s: float, reason: FailureReason | None = None,
@@ -82,13 +84,14 @@ class InferenceStats(Collector):
             v["nv_inference_compute_infer_duration_us"] += compute_s * 1e6
 
     def queued(self, model: str, version: str, queue_s: float) -> None:
-        """A request left the queue after `queue_s` seconds."""
+        """Requests left the queue after `queue_s` seconds in all (one call per batch)."""
         with self._lock:
             self._values[(model, version)]["nv_inference_queue_duration_us"] += queue_s * 1e6
 
-    def pending(self, model: str, version: str, delta: int) -> None:
+    def pending_from(self, model: str, version: str, source: Callable[[], int]) -> None:
+        """Where `nv_inference_pending_request_count` of (model, version) is read: `source()` when collected."""
         with self._lock:
-            self._pending[(model, version)] += delta
+            self._pending[(model, version)] = source
 
     def value(self, name: str, model: str, version: str, reason: str | None = None) -> float:
         """Current value of one series (for tests and the benchmark)."""
@@ -96,14 +99,15 @@ class InferenceStats(Collector):
             if name == _FAILURE:
                 return self._failures.get((model, version, reason or "OTHER"), 0.0)
             if name == _PENDING:
-                return float(self._pending.get((model, version), 0))
+                source = self._pending.get((model, version))
+                return float(source() if source is not None else 0)
             return self._values.get((model, version), {}).get(name, 0.0)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             values = {k: dict(v) for k, v in self._values.items()}
             failures = dict(self._failures)
-            pending = dict(self._pending)
+            pending = {k: source() for k, source in self._pending.items()}
         for name, doc in _COUNTERS.items():
             m = Metric(name, doc, "unknown")
             for (model, version), v in sorted(values.items()):

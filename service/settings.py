@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=8.0, gt=0, description="SIGTERM to exit, at most")
     shutdown_drain_s: float = Field(default=1.0, ge=0, description="keep serving after SIGTERM for this long")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # FastAPI's native OpenTelemetry asks the global providers on every request whether anyone is listening:
+    # ~6 us of a ~55 us GET even when nobody is (bench/serving.py's in-process breakdown). /metrics is the
+    # service's own observability; turn this on to send spans and metrics to configured OTel providers.
+    otel: bool = Field(default=False, description="FastAPI's OpenTelemetry spans, metrics and logs")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -179,13 +179,14 @@ class ModelStore:
         return vs[version]
 
     def _versions_of(self, name: str) -> dict[int, ModelVersion]:
-        # Validate before any lookup so a hostile name never reaches the filesystem or the logs unescaped.
+        # A served model's name was validated when its folder was scanned, so a hit needs no check. A miss is
+        # validated before it is echoed, so a hostile name never reaches the logs or the answer unescaped.
+        vs = self._snap.models.get(name)
+        if vs:
+            return vs
         if not is_valid_model_name(name):
             raise ModelNotFound(
                 f"{name!r} is not a valid model name (lowercase letters, digits and single hyphens)",
                 model=name,
             )
-        vs = self._snap.models.get(name)
-        if not vs:
-            raise ModelNotFound(f"model {name!r} not found; see GET /v1/models", model=name)
-        return vs
+        raise ModelNotFound(f"model {name!r} not found; see GET /v1/models", model=name)

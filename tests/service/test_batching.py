@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -293,3 +294,39 @@ def test_settings_map_to_batch_configs() -> None:
 
 def test_onnx_helper_graph_is_valid() -> None:
     onnx.checker.check_model(onnx.load_from_string(_mlp_onnx()))
+
+
+def test_tiny_work_does_not_wait_for_busy_instances() -> None:
+    """The one instance is held by a big execution in the pool; a tiny request (run on the loop) is answered
+    meanwhile, and a batch of tiny work stops at the rows still predicted tiny."""
+    gate = threading.Event()
+    sizes: list[int] = []
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(feeds["x"])
+        sizes.append(rows)
+        if rows >= 50:
+            gate.wait(10)
+        time.sleep(0.001 * rows)  # 1 ms a row: 1 to 4 rows are "tiny" under 5 ms
+        return {"y": feeds["x"] + 1}
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            b = Batcher(run, BatchConfig(64, 0, 64, instances=1, inline_below_us=5000), pool,
+                        alone=lambda: False)
+            await b.infer({"x": np.zeros((1, 2), np.float32)})  # measured: ~1 ms a row
+            big = asyncio.ensure_future(b.infer({"x": np.zeros((50, 2), np.float32)}))
+            while sizes[-1] != 50:
+                await asyncio.sleep(0.001)
+            small = await asyncio.wait_for(b.infer({"x": np.full((1, 2), 7, np.float32)}), 5.0)
+            assert float(small["y"][0, 0]) == 8.0 and not big.done()
+            many = await asyncio.wait_for(asyncio.gather(
+                *(b.infer({"x": np.full((1, 2), i, np.float32)}) for i in range(10))), 5.0)
+            assert [float(m["y"][0, 0]) for m in many] == [i + 1.0 for i in range(10)]
+            gate.set()
+            assert (await asyncio.wait_for(big, 10.0))["y"].shape == (50, 2)
+
+    asyncio.run(main())
+    tiny_batches = sizes[3:-1] if sizes[-1] == 50 else sizes[3:]
+    assert sizes[:3] == [1, 50, 1]
+    assert sum(tiny_batches) == 10 and max(tiny_batches) <= 5  # batched, but only as far as stays tiny

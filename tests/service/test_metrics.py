@@ -23,7 +23,7 @@ def test_triton_names_and_labels() -> None:
         st.request("vae-digits.decoder", "1", 0.004)
         st.queued("vae-digits.decoder", "1", 0.0005)
     st.request("vae-digits.decoder", "1", 0.001, reason="REJECTED")
-    st.pending("vae-digits.decoder", "1", +2)
+    st.pending_from("vae-digits.decoder", "1", lambda: 2)
     s = _samples(m.render().decode())
     lab = (("model", "vae-digits.decoder"), ("version", "1"))
     assert s[("nv_inference_count", lab)] == 8
