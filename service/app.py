@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from service import limits, security, shutdown
 from service import reload as hot_reload
@@ -68,7 +69,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The store opens in the lifespan, so importing or creating an app loads nothing."""
     settings = settings or get_settings()
-    otel = None if settings.otel else {"tracing": False, "metrics": False, "logs": False}
+    otel: TelemetryConfig | None = None if settings.otel else {"tracing": False, "metrics": False,
+                                                                 "logs": False}
     app = FastAPI(title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   telemetry=otel)
     app.state.settings = settings

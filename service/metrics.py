@@ -89,7 +89,7 @@ class InferenceStats(Collector):
             self._values[(model, version)]["nv_inference_queue_duration_us"] += queue_s * 1e6
 
     def pending_from(self, model: str, version: str, source: Callable[[], int]) -> None:
-        """Where `nv_inference_pending_request_count` of (model, version) is read: `source()` when collected."""
+        """Where the pending gauge of (model, version) is read: `source()`, when collected."""
         with self._lock:
             self._pending[(model, version)] = source
 
