@@ -7,7 +7,6 @@ the model lacks raises `CapabilityMissing` naming it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import threading
@@ -88,25 +87,24 @@ _SEEDS = random.Random()
 _LOCAL = threading.local()  # one reusable generator per thread (see `seeded`)
 
 
-def seeded(seed: int) -> np.random.Generator:
-    """The random stream of `seed`: PCG64 started at a state hashed from the seed (BLAKE2b).
+def seeded(seed: int) -> np.random.RandomState:
+    """The random stream of `seed` (0 to 2**63 - 1): NumPy's MT19937 `RandomState`, seeded with it.
 
-    Same seed, same stream, on every machine; this mapping is what makes `sample` and `corrupt` repeatable,
-    so changing it changes what a seed means. One generator per thread is re-seeded in place, because
-    `np.random.default_rng(seed)` builds a SeedSequence and a bit generator each time: ~25 us of a ~200 us
-    sample request (bench/serving_breakdown.py). Use the result before the next `seeded` call on the thread.
+    Same seed, same stream: this mapping is what makes `sample` and `corrupt` repeatable, so changing it
+    changes what a seed means. `RandomState` because its streams are frozen across NumPy versions (NEP 19),
+    so a seed keeps its images through upgrades, and because re-seeding one instance in place is cheap:
+    `np.random.default_rng(seed)` builds a SeedSequence and a bit generator each time, ~25 us of a ~200 us
+    sample request (bench/serving_breakdown.py). One instance per thread; use the result before the next
+    `seeded` call on the same thread.
     """
-    gen = getattr(_LOCAL, "gen", None)
-    if gen is None:
-        gen = _LOCAL.gen = np.random.Generator(np.random.PCG64(0))
-    h = hashlib.blake2b(seed.to_bytes(8, "little"), digest_size=32, person=b"latentserve.seed").digest()
-    gen.bit_generator.state = {
-        "bit_generator": "PCG64",
-        "state": {"state": int.from_bytes(h[:16], "little"), "inc": int.from_bytes(h[16:], "little") | 1},
-        "has_uint32": 0,
-        "uinteger": 0,
-    }
-    return gen
+    rs = getattr(_LOCAL, "rs", None)
+    if rs is None:
+        rs = _LOCAL.rs = np.random.RandomState(0)
+    if seed < 2**32:
+        rs.seed(seed)
+    else:  # MT19937's init_by_array takes 32-bit words
+        rs.seed([seed & 0xFFFFFFFF, seed >> 32])
+    return rs
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -179,12 +177,14 @@ def _prior_arrays(prior: GaussianPrior | GMMPrior) -> tuple[np.ndarray, np.ndarr
     return arrays
 
 
-def draw_prior(latent: LatentSpec, n: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+def draw_prior(
+    latent: LatentSpec, n: int, rng: np.random.RandomState, temperature: float = 1.0
+) -> np.ndarray:
     """n codes (float32) from a model's latent prior; temperature scales the deviation from the (component)
-    mean. The standard normal is drawn in float32 directly; fitted priors in float64, then cast."""
+    mean."""
     prior = latent.prior
     if prior.kind == "normal":  # a string test: isinstance on pydantic models goes through ABCMeta
-        z = rng.standard_normal((n, latent.dim), dtype=np.float32)
+        z = rng.standard_normal((n, latent.dim)).astype(np.float32)
         if temperature != 1.0:
             z *= np.float32(temperature)
         return z
