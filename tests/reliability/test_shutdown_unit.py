@@ -95,3 +95,29 @@ def test_a_stuck_request_does_not_hold_the_process_past_grace() -> None:
         if proc.poll() is None:
             proc.kill()
     assert exited_after < grace + 0.3
+
+
+@pytest.mark.slow
+def test_server_freezes_its_startup_heap_and_counts_received_requests() -> None:
+    """After startup the loaded objects sit outside the cyclic GC (gc.freeze); uvicorn's count of received
+    requests is published for the batcher's "alone" test."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/reliability/toy_server.py"), str(port), "4", "0", "1.0"],
+        env=env, cwd=ROOT,
+    )
+    try:
+        wait_ready(base, proc)
+        alone = httpx.get(base + "/introspect", timeout=5).json()
+        assert alone["frozen"] > 10_000 and alone["received"] == 1
+        with ThreadPoolExecutor(3) as pool:
+            slow = [pool.submit(httpx.get, base + "/work", timeout=10) for _ in range(3)]
+            time.sleep(0.3)  # three requests are inside the handler
+            busy = httpx.get(base + "/introspect", timeout=5).json()
+            assert [f.result().status_code for f in slow] == [200] * 3
+        assert busy["received"] == 4
+    finally:
+        proc.kill()
+        proc.wait(5)

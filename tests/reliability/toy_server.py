@@ -6,6 +6,7 @@ Usage: python tests/reliability/toy_server.py PORT GRACE_S DRAIN_S HANDLER_S
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from types import SimpleNamespace
 
@@ -29,6 +30,10 @@ def main() -> None:
     async def work() -> dict[str, bool]:
         await asyncio.sleep(handler_s)
         return {"done": True}
+
+    @app.get("/introspect")
+    async def introspect(request: Request) -> dict[str, int]:
+        return {"frozen": gc.get_freeze_count(), "received": request.app.state.requests_received()}
 
     shutdown.install(app, None)
     settings = SimpleNamespace(host="127.0.0.1", port=port, log_level="warning",
