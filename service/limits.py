@@ -37,6 +37,10 @@ from service.errors import (
 
 log = logging.getLogger(__name__)
 
+#: The scope key under which the whole request body is left for the app, once read and checked here. The body
+#: is also replayed through `receive` as usual; the key only spares a reader that round trip.
+BODY_SCOPE_KEY = "latentserve.body"
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -203,6 +207,7 @@ class LimitsMiddleware:
             await self._too_large(scope, send, body)
             return
 
+        scope[BODY_SCOPE_KEY] = body  # for readers that can take it from here (service.api.lean)
         replayed = False
 
         async def replay() -> Message:

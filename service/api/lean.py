@@ -30,6 +30,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.routing import BaseRoute, Match, get_route_path
 from starlette.types import Receive, Scope, Send
 
+from service.limits import BODY_SCOPE_KEY
+
 Out = dict[str, Any]  # the keyword arguments being filled
 Errs = list[dict[str, Any]]  # validation errors, in pydantic's shape
 Fill = Callable[[Request, bytes | None, Errs], Awaitable[Out | None]]
@@ -205,6 +207,12 @@ def lean_handler(route: APIRoute, read_body: Callable[[Request], Awaitable[bytes
     return handler
 
 
+async def request_body(request: Request) -> bytes:
+    """The whole body: as the limits middleware left it in the scope, else read from the request."""
+    body = request.scope.get(BODY_SCOPE_KEY)
+    return body if body is not None else await request.body()
+
+
 class LeanRoute(APIRoute):
     """An APIRoute served by the lean handler wherever `plan` allows, else by FastAPI's own.
 
@@ -212,8 +220,9 @@ class LeanRoute(APIRoute):
     path cannot serve (`fastapi_handler`); the choice between the two is made here, once per route."""
 
     async def read_body(self, request: Request) -> bytes:
-        """The body as sent, read as JSON whatever its content-type."""
-        return await request.body()
+        """The body as sent, read as JSON whatever its content-type: as the limits middleware left it in the
+        scope (sparing Starlette's stream machinery), else from the request."""
+        return await request_body(request)
 
     def fastapi_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         return super().get_route_handler()

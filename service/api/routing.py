@@ -87,7 +87,7 @@ class JSONOrFormRoute(LeanRoute):
         ctype = next((v for k, v in request.scope["headers"] if k == b"content-type"), b"")
         if ctype.lower().startswith(b"multipart/form-data"):
             return await _form_to_json(request)
-        return await request.body()
+        return await super().read_body(request)
 
     def fastapi_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().fastapi_handler()

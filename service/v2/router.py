@@ -18,7 +18,7 @@ import orjson
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from service.api.lean import LeanRoute
+from service.api.lean import LeanRoute, request_body
 from service.errors import CapabilityMissing, InvalidInput, ModelNotFound, NotReady, ServiceError
 from service.runtime import Runtime
 from service.shutdown import is_draining
@@ -233,7 +233,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     meta = _catalog(request).metadata(runtime, mv, graph)
     start = time.perf_counter()
     try:
-        body = codec.decompress(await request.body(), request.headers.get("content-encoding"),
+        body = codec.decompress(await request_body(request), request.headers.get("content-encoding"),
                                 settings.max_body_bytes)
         hlen = request.headers.get(codec.HEADER_LENGTH)
         if hlen is not None and not hlen.strip().isdigit():

@@ -131,3 +131,20 @@ def test_hot_index_finds_post_routes_and_leaves_the_rest_to_the_router() -> None
         assert c.get("/m/a/op").status_code == 405  # not a POST: the normal walk answers
         assert c.post("/m/a/b/c/op", json={"n": 2}).status_code == 404
         assert c.post("/m/a/nope", json={"n": 2}).status_code == 404
+
+
+def test_request_body_comes_from_the_limits_middleware_or_the_stream() -> None:
+    """The limits middleware leaves the body it read in the scope; without it the stream is read."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from service.api.lean import request_body
+    from service.limits import BODY_SCOPE_KEY
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b'{"n": 2}', "more_body": False}
+
+    base = {"type": "http", "method": "POST", "headers": [], "path": "/", "query_string": b""}
+    assert asyncio.run(request_body(Request({**base, BODY_SCOPE_KEY: b'{"n": 1}'}, receive))) == b'{"n": 1}'
+    assert asyncio.run(request_body(Request(base, receive))) == b'{"n": 2}'
