@@ -12,16 +12,19 @@ It starts `python -m service` (one uvicorn worker) on loopback over a private st
     (e) sample n=1024                           samples/s: /v1 JSON, and V2 binary decode of 1024 prior
                                                 draws, against in-process onnxruntime (server's options)
 
-Three server configurations run at once, each in its own process:
+Four server configurations run at once, each in its own process:
 
-    default       the shipped settings: batching on; work measured under INLINE_BELOW_US (100 us), or under
-                  INLINE_ALONE_BELOW_US (2 ms) when the request is alone in the server, runs on the event
-                  loop instead of a pool thread
-    pool/on       batching on, every inference in the pool (both inline knobs 0): where the batcher engages
+    default       the shipped settings: batching on; work predicted under INLINE_ALONE_BELOW_US (2 ms) runs
+                  at once on the event loop when the request is alone in the server; with company, work under
+                  INLINE_BELOW_US (100 us) is batched on the event loop (one onnxruntime call for the requests
+                  that arrived together) and larger work goes to the pool
+    pool/on       batching on, every inference in the pool (both inline knobs 0): Triton's way
     pool/off      batching off, every inference in the pool
+    default/off   the shipped inline knobs with batching off, for (b) and (d) only
 
-(a), (b) and (e) are targets on `default`; "batching on / off" compares pool/on with pool/off, since tiny work
-never queues on `default`. Every point is measured in interleaved runs (the order rotates), keeping the best,
+(a), (b) and (e) are targets on `default`; "batching on / off" compares pool/on with pool/off (the conv
+decoder target) and default with default/off (the MLP, batched on the loop). Every point is measured in
+interleaved runs (the order rotates), keeping the best,
 so load from other jobs on a shared host hits all alike. The server's CPU time per request (from /proc) is
 reported beside req/s: it is far less sensitive to a busy host. Results go to bench/results/serving.md
 (table, machine, target ratios) and serving.png. The store holds the zoo's `vae-digits` (copied from
@@ -137,12 +140,18 @@ class Config:
     key: str  # the results key and table label
     batching: bool
     inline_below_us: float | None  # None: the service's default
+    only: tuple[str, ...] | None = None  # run only scenarios whose label contains one of these (None: all)
+
+    def runs(self, sc: Scenario) -> bool:
+        return sc.key == "a" or self.only is None or any(o in sc.label for o in self.only)
 
 
 CONFIGS = (
     Config("default", True, None),
     Config("pool/on", True, 0.0),
     Config("pool/off", False, 0.0),
+    # The shipped inline knobs with batching off: what batching on the event loop buys (b) and (d).
+    Config("default/off", False, None, only=("/v1 sample n=1 ", "V2 infer decoder b=1")),
 )
 
 
@@ -555,6 +564,13 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str
                 add(f"batching on / off (pool): {label}", c, on, off, 0.95)
             else:
                 add(f"batching on / off (pool): {label}", c, on, off, 1.0, strict=True)
+    for label in ("/v1 sample n=1 [mlp]", "V2 infer decoder b=1 binary [mlp]"):
+        for c in concs:
+            on, off = res.get((label, "default", c)), res.get((label, "default/off", c))
+            if c == 1:
+                add(f"batching on / off (default): {label}", c, on, off, 0.95)
+            else:
+                add(f"batching on / off (default): {label}", c, on, off, 1.0, strict=True)
     lines += [
         "",
         "Inline tiny work (the default) against the pool with batching, for reference (no target):",
@@ -581,7 +597,8 @@ def plot(res: Results, concs: list[int], path: Path) -> None:
     labels = sorted({k[0] for k in res if "n=1024" not in k[0]})
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
     colors = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    styles = {"default": ("-", "o"), "pool/on": ("--", "s"), "pool/off": (":", "x")}
+    styles = {"default": ("-", "o"), "pool/on": ("--", "s"), "pool/off": (":", "x"),
+              "default/off": ("-.", "^")}
     for label in labels:
         for cfg, (style, marker) in styles.items():
             pts = [(c, res[(label, cfg, c)]) for c in concs if (label, cfg, c) in res]
@@ -626,9 +643,10 @@ def write_report(
         "# Serving benchmark",
         "",
         f"`python bench/serving.py{' --quick' if args.quick else ''}`: wrk (one thread) on loopback against "
-        f"`python -m service` (one uvicorn worker) in three configurations: `default` (the shipped settings: "
-        f"batching on, tiny work inline), `pool/on` (batching on, every inference in the pool) and "
-        f"`pool/off` (batching off, pool); {args.duration:g} s per point, best of {args.reps} interleaved "
+        f"`python -m service` (one uvicorn worker) in four configurations: `default` (the shipped settings: "
+        f"batching on, small work on the event loop), `pool/on` (batching on, every inference in the pool), "
+        f"`pool/off` (batching off, pool) and `default/off` (the shipped settings but batching off; (b) and "
+        f"(d) only); {args.duration:g} s per point, best of {args.reps} interleaved "
         f"runs (the order rotates); whole run {wall:.0f} s.",
         "",
         "## Machine",
@@ -701,11 +719,12 @@ def run_all(
     profiles: dict[str, Any] = {}
     sizes: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
-        servers = []
+        all_servers = []
         for cfg in CONFIGS:
             url, proc = stack.enter_context(server(CACHE, cfg, workdir))
-            servers.append((cfg.key, url, proc.pid))
+            all_servers.append((cfg, url, proc.pid))
         for sc in scs:
+            servers = [(cfg.key, url, pid) for cfg, url, pid in all_servers if cfg.runs(sc)]
             for _, url, _ in servers:
                 sizes[sc.label] = check_once(url, sc)
                 wrk(url, sc, 8, 1, workdir)  # warm-up: sessions, allocator, the inline-cost estimate
@@ -721,7 +740,7 @@ def run_all(
                 for key, _, _ in servers:
                     lines.append(_row(sc.label, key, c, res[(sc.label, key, c)], sc.rows))
                     log.info("%s", lines[-1])
-        _, url_default, pid_default = servers[0]
+        _, url_default, pid_default = all_servers[0]
         for label in args.profile:
             target = next((s for s in scs if s.label == label), None)
             if target is not None:

@@ -1,4 +1,4 @@
-"""`bench/serving.py` end to end on a tiny slice (slow: it starts three servers and the HTTP floor app),
+"""`bench/serving.py` end to end on a tiny slice (slow: it starts four servers and the HTTP floor app),
 checking that the report, its JSON and its plot are written with every configuration and target row. No
 timing is asserted: benchmarks are not tests.
 """
@@ -29,15 +29,17 @@ def test_serving_bench_quick_slice_writes_a_complete_report(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr[-3000:]
     md = out.read_text()
     for row in ("| GET /health/live (ceiling) | default | 1 |", "| /v1 sample n=1 [mlp] | pool/on | 1 |",
-                "| /v1 sample n=1 [mlp] | pool/off | 1 |", "| V2 decode n=1024 binary [mlp] | default | 1 |",
+                "| /v1 sample n=1 [mlp] | pool/off | 1 |", "| /v1 sample n=1 [mlp] | default/off | 1 |",
+                "| V2 decode n=1024 binary [mlp] | default | 1 |",
                 "(same bytes, no app) | bare uvicorn | 1 |"):
         assert row in md, row
     for ratio in ("(b) /v1 sample [mlp] / (a) ceiling, default", "(e) V2 binary n=1024 [mlp] / in-process",
                   "with `ops.sample` stubbed",
                   "(e) bound [mlp]", "batching on / off (pool): /v1 sample n=1 [mlp]",
+                  "batching on / off (default): /v1 sample n=1 [mlp]",
                   "default / pool/on: /v1 sample n=1 [mlp]"):
         assert ratio in md, ratio
     assert out.with_suffix(".png").stat().st_size > 10_000
     results = json.loads(out.with_suffix(".json").read_text())["results"]
-    assert {r["server"] for r in results} == {"default", "pool/on", "pool/off", "bare"}
+    assert {r["server"] for r in results} == {"default", "pool/on", "pool/off", "default/off", "bare"}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results)
