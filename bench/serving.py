@@ -595,7 +595,7 @@ def plot(res: Results, concs: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = sorted({k[0] for k in res if "n=1024" not in k[0]})
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 6.5))
     colors = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     styles = {"default": ("-", "o"), "pool/on": ("--", "s"), "pool/off": (":", "x"),
               "default/off": ("-.", "^")}
@@ -621,8 +621,8 @@ def plot(res: Results, concs: list[int], path: Path) -> None:
     axes[2].set_yscale("log")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7)
     fig.suptitle("latentserve on loopback, one uvicorn worker "
-                 "(solid: default; dashed: pool/on; dotted: pool/off)")
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+                 "(solid: default; dashed: pool/on; dotted: pool/off; dash-dot: default/off)")
+    fig.tight_layout(rect=(0, 0.25, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
