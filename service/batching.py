@@ -136,7 +136,7 @@ class Batcher:
             if self._inline_now(rows):
                 # Nothing waiting, no batching window to honour, and the work is tiny (or the request is
                 # alone): run it now, on the loop, without queue or future (and no queue time to record).
-                return self._run_batch([feeds], [rows])[0]
+                return self._run_one(feeds, rows)
         rows, key = _signature(feeds)
         item = _Pending(feeds, rows, key, loop.create_future(), time.perf_counter())
         self._queue.append(item)
@@ -295,22 +295,35 @@ class Batcher:
             if not p.future.done():
                 p.future.set_exception(err)
 
+    def _run_one(self, feeds: Feeds, rows: int) -> Feeds:
+        """Run one request's feeds as they are (the inline path, and a batch of one)."""
+        start = time.perf_counter()
+        out = self._run(feeds)
+        self._measured(rows, time.perf_counter() - start)
+        return out
+
+    def _measured(self, rows: int, took: float) -> None:
+        """Record an execution: the compute-per-row estimate (least of the last 32) and the metrics."""
+        per_row = took / max(rows, 1)
+        recent = self._recent
+        evicted = recent[0] if len(recent) == recent.maxlen else None
+        recent.append(per_row)
+        if self._s_per_row is None or per_row <= self._s_per_row:
+            self._s_per_row = per_row
+        elif evicted is not None and evicted <= self._s_per_row:  # the least one just left the window
+            self._s_per_row = min(recent)
+        if self._stats is not None:
+            self._stats.execution(self._model, self._version, rows, took)
+
     def _run_batch(self, feeds: list[Feeds], rows: list[int]) -> list[Feeds]:
         """Worker thread: concatenate, run once, split back into per-request outputs."""
         if len(feeds) == 1:
-            merged = feeds[0]
-        else:
-            merged = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
+            return [self._run_one(feeds[0], rows[0])]
+        merged = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
         start = time.perf_counter()
         out = self._run(merged)
-        took = time.perf_counter() - start
-        self._recent.append(took / max(sum(rows), 1))
-        self._s_per_row = min(self._recent)
-        if self._stats is not None:
-            self._stats.execution(self._model, self._version, sum(rows), took)
-        if len(feeds) == 1:
-            return [out]
         total = sum(rows)
+        self._measured(total, time.perf_counter() - start)
         for name, arr in out.items():
             if arr.ndim == 0 or arr.shape[0] != total:
                 raise RuntimeError(f"output {name!r} has no batch dimension of {total}; cannot split")

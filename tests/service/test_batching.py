@@ -330,3 +330,17 @@ def test_tiny_work_does_not_wait_for_busy_instances() -> None:
     tiny_batches = sizes[3:-1] if sizes[-1] == 50 else sizes[3:]
     assert sizes[:3] == [1, 50, 1]
     assert sum(tiny_batches) == 10 and max(tiny_batches) <= 5  # batched, but only as far as stays tiny
+
+
+def test_the_compute_estimate_is_the_least_of_the_last_32_executions() -> None:
+    """The running minimum kept incrementally equals the brute-force one, also when the least value leaves
+    the window."""
+    b = Batcher(lambda feeds: feeds, BatchConfig())
+    rng = np.random.default_rng(5)
+    seen: list[float] = []
+    for i in range(300):
+        took = float(rng.uniform(1, 10)) if i % 50 else 0.5  # a low value every 50, which later ages out
+        rows = int(rng.integers(1, 4))
+        b._measured(rows, took)  # noqa: SLF001
+        seen.append(took / rows)
+        assert b._s_per_row == min(seen[-32:])  # noqa: SLF001
