@@ -33,7 +33,9 @@ def test_serving_bench_quick_slice_writes_a_complete_report(tmp_path: Path) -> N
                 "| V2 decode n=1024 binary [mlp] | default | 1 |",
                 "(same bytes, no app) | bare uvicorn | 1 |"):
         assert row in md, row
-    for ratio in ("(b) /v1 sample [mlp] / (a) ceiling, default", "(e) V2 binary n=1024 [mlp] / in-process",
+    for ratio in ("(b) /v1 sample [mlp] / (a) ceiling, default, best runs",
+                  "(b) /v1 sample [mlp] / (a) ceiling, default, median of 1 paired runs",
+                  "(e) V2 binary n=1024 [mlp] / in-process",
                   "with `ops.sample` stubbed",
                   "(e) bound [mlp]", "batching on / off (pool): /v1 sample n=1 [mlp]",
                   "batching on / off (default): /v1 sample n=1 [mlp]",
@@ -43,3 +45,5 @@ def test_serving_bench_quick_slice_writes_a_complete_report(tmp_path: Path) -> N
     results = json.loads(out.with_suffix(".json").read_text())["results"]
     assert {r["server"] for r in results} == {"default", "pool/on", "pool/off", "default/off", "bare"}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results)
+    sample = [r for r in results if r["scenario"] == "/v1 sample n=1 [mlp]" and r["server"] == "default"]
+    assert len(sample[0]["paired_ratios"]) == 1 and sample[0]["paired_ratios"][0] > 0
