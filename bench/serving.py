@@ -503,10 +503,15 @@ def _row(label: str, cfg: str, conc: int, r: dict[str, Any], rows: int) -> str:
 
 
 def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str]:
-    """Each target as a ratio of req/s (best run) and, where it applies, of server CPU per request."""
+    """Each target as a ratio of req/s, read two ways, and of server CPU per request where it applies.
+
+    "Best runs" divides the best run of each side. "Paired runs" divides runs made back to back (the same rep
+    of two servers, or a (b) run and the ceiling run just before it) and takes the median: on a host whose
+    speed drifts, the best runs of the two sides can come from different moments. The target is read on the
+    paired median where there is one."""
     lines = [
-        "| ratio | c | req/s ratio | CPU/request ratio | target | met (req/s) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| ratio | c | req/s, best runs | req/s, paired runs: median (range) | CPU/request | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def add(
@@ -516,31 +521,30 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str
         den: dict[str, Any] | None,
         target: float,
         strict: bool = False,
-        key: str = "rps",
+        pairs: list[float] | None = None,
     ) -> None:
         if not num or not den:
             return
-        v = num[key] / den[key]
+        best = num["rps"] / den["rps"]
         cpu = den["cpu_us"] / num["cpu_us"] if num["cpu_us"] and den["cpu_us"] else float("nan")
+        if pairs is None and len(num.get("rps_runs", [])) == len(den.get("rps_runs", [])):
+            pairs = [a / b for a, b in zip(num["rps_runs"], den["rps_runs"], strict=True) if b]
+        paired, v = "", best
+        if pairs:
+            v = statistics.median(pairs)
+            paired = f"{v:.2f} ({min(pairs):.2f} to {max(pairs):.2f}, {len(pairs)} pairs)"
         met = v > target if strict else v >= target
         lines.append(
-            f"| {name} | {c} | {v:.2f} | {cpu:.2f} | {'>' if strict else '>='} {target:g} | "
+            f"| {name} | {c} | {best:.2f} | {paired} | {cpu:.2f} | {'>' if strict else '>='} {target:g} | "
             f"{'yes' if met else 'NO'} |"
         )
 
     for cfg in ("default", "pool/on"):
         for c in concs:
             num = res.get(("/v1 sample n=1 [mlp]", cfg, c))
-            add(f"(b) /v1 sample [mlp] / (a) ceiling, {cfg}, best runs", c, num,
-                res.get(("GET /health/live (ceiling)", cfg, c)), 0.7)
-            pairs = sorted((num or {}).get("paired_ratios", []))
-            if pairs:  # the target's reading: runs paired with a ceiling run just before, median
-                med = statistics.median(pairs)
-                lines.append(
-                    f"| (b) /v1 sample [mlp] / (a) ceiling, {cfg}, median of {len(pairs)} paired runs "
-                    f"({pairs[0]:.2f} to {pairs[-1]:.2f}) | {c} | {med:.2f} | | >= 0.7 | "
-                    f"{'yes' if med >= 0.7 else 'NO'} |"
-                )
+            add(f"(b) /v1 sample [mlp] / (a) ceiling, {cfg}", c, num,
+                res.get(("GET /health/live (ceiling)", cfg, c)), 0.7,
+                pairs=(num or {}).get("paired_ratios") or None)
     for tag in ("mlp", "conv"):
         for cfg in ("default", "pool/on"):
             r = res.get((f"V2 decode n=1024 binary [{tag}]", cfg, 1))
@@ -548,14 +552,14 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str
                 v = r["samples_s"] / inproc[tag]
                 lines.append(
                     f"| (e) V2 binary n=1024 [{tag}] / in-process, {cfg} | 1 | "
-                    f"{v:.2f} | | >= 0.5 | {'yes' if v >= 0.5 else 'NO'} |"
+                    f"{v:.2f} | | | >= 0.5 | {'yes' if v >= 0.5 else 'NO'} |"
                 )
         floor = res.get((f"HTTP floor: V2 decode n=1024 binary [{tag}]", "bare", 1))
         if floor and tag in inproc:  # the best any server could do: HTTP alone, then the compute, in series
             bound = 1 / (1 / floor["rps"] + 1024 / inproc[tag]) * 1024 / inproc[tag]
             lines.append(
                 f"| (e) bound [{tag}]: bare-uvicorn HTTP time + in-process compute, / in-process | 1 | "
-                f"{bound:.2f} | | (reference) | |"
+                f"{bound:.2f} | | | (reference) | |"
             )
     for label in (
         "V2 infer decoder b=1 binary [conv]",
@@ -653,8 +657,9 @@ def write_report(
         f"`pool/off` (batching off, pool) and `default/off` (the shipped settings but batching off; (b) and "
         f"(d) only); {args.duration:g} s per point, best of {args.reps} interleaved "
         f"runs (the order rotates); whole run {wall:.0f} s. Every (b) run is paired with a ceiling run just "
-        f"before it on the same server; the (b) target reads the median of those paired ratios, since the "
-        f"best runs of the two may be minutes apart on a host whose speed drifts.",
+        f"before it on the same server, and each round runs every server within seconds: targets read the "
+        f"median of those paired ratios (the best runs of two sides may be minutes apart on a host whose "
+        f"speed drifts); the best-runs ratio is given beside it.",
         "",
         "## Machine",
         "",
@@ -739,6 +744,7 @@ def run_all(
             duration = max(args.duration, 3.0) if sc.rows > 1 else args.duration
             for c in concs[:1] if sc.rows > 1 else concs:
                 paired: dict[str, list[float]] = {key: [] for key, _, _ in servers}
+                runs: dict[str, list[float]] = {}
                 for rep in range(args.reps):  # the order rotates: no configuration always runs last
                     k = rep % len(servers)
                     for key, url, pid in servers[k:] + servers[:k]:
@@ -748,11 +754,13 @@ def run_all(
                         r = wrk(url, sc, c, duration, workdir, pid)
                         if ceiling is not None:
                             paired[key].append(r["rps"] / ceiling["rps"])
+                        runs.setdefault(key, []).append(r["rps"])
                         best = res.get((sc.label, key, c))
                         if best is None or r["rps"] > best["rps"]:
                             res[(sc.label, key, c)] = r
-                for key in paired:
-                    if paired[key] and (sc.label, key, c) in res:
+                for key in runs:  # every rep, in rep order: the same rep of two servers ran back to back
+                    res[(sc.label, key, c)]["rps_runs"] = runs[key]
+                    if paired[key]:
                         res[(sc.label, key, c)]["paired_ratios"] = paired[key]
                 for key, _, _ in servers:
                     lines.append(_row(sc.label, key, c, res[(sc.label, key, c)], sc.rows))

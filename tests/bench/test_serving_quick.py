@@ -33,8 +33,7 @@ def test_serving_bench_quick_slice_writes_a_complete_report(tmp_path: Path) -> N
                 "| V2 decode n=1024 binary [mlp] | default | 1 |",
                 "(same bytes, no app) | bare uvicorn | 1 |"):
         assert row in md, row
-    for ratio in ("(b) /v1 sample [mlp] / (a) ceiling, default, best runs",
-                  "(b) /v1 sample [mlp] / (a) ceiling, default, median of 1 paired runs",
+    for ratio in ("| (b) /v1 sample [mlp] / (a) ceiling, default | 1 |", "1 pairs)",
                   "(e) V2 binary n=1024 [mlp] / in-process",
                   "with `ops.sample` stubbed",
                   "(e) bound [mlp]", "batching on / off (pool): /v1 sample n=1 [mlp]",
