@@ -172,8 +172,10 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], failure: str, timeout_s:
 
 
 @contextmanager
-def server(store: Path, cfg: Config, workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m service` with the default settings but `cfg` (and room for n=1024 requests)."""
+def server(store: Path, cfg: Config, workdir: Path, pythonpath: tuple[Path, ...] = ()
+           ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m service` with the default settings but `cfg` (and room for n=1024 requests); `pythonpath`
+    goes ahead of the repository (bench/c1_stubs.py puts a sitecustomize there)."""
     port = free_port()
     env = {
         **os.environ,
@@ -184,7 +186,7 @@ def server(store: Path, cfg: Config, workdir: Path) -> Iterator[tuple[str, subpr
         "LATENTSERVE_LOG_LEVEL": "warning",
         "LATENTSERVE_MAX_ITEMS": "1024",
         "LATENTSERVE_SHUTDOWN_DRAIN_S": "0",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)]),
     }
     for var in ("LATENTSERVE_INLINE_BELOW_US", "LATENTSERVE_INLINE_ALONE_BELOW_US"):
         if cfg.inline_below_us is not None:

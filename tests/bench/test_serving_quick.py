@@ -46,3 +46,13 @@ def test_serving_bench_quick_slice_writes_a_complete_report(tmp_path: Path) -> N
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results)
     sample = [r for r in results if r["scenario"] == "/v1 sample n=1 [mlp]" and r["server"] == "default"]
     assert len(sample[0]["paired_ratios"]) == 1 and sample[0]["paired_ratios"][0] > 0
+
+
+def test_c1_stub_comparison_runs_every_variant() -> None:
+    """bench/c1_stubs.py starts a server per stub and prints one row each (no timing asserted)."""
+    done = subprocess.run([sys.executable, "bench/c1_stubs.py", "--reps", "1", "--duration", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["none", "ort", "op"]
+    assert all(float(r.split("|")[-2]) > 0 for r in rows)
