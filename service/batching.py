@@ -12,9 +12,16 @@ waits forever, and an execution that fails fails only the requests of its batch.
 Only requests with the same input names, dtypes and trailing shapes share a batch, so one malformed request
 can never fail its neighbours' batch. A request bigger than `max_batch_size` runs alone, unsplit.
 
-Work measured to be tiny (below `inline_below_us`, predicted from the least compute time per row of recent
-executions) runs on the event loop instead: handing it to a thread and back costs more than the inference
-itself. The first execution of a graph always goes to the pool, so nothing unmeasured ever blocks the loop.
+Small work runs on the event loop instead of the pool, judged by its compute time predicted from the least
+time per row of recent executions:
+- a request alone in the server (`alone()`) with work under `inline_alone_below_us` runs at once: the loop
+  would only wait for the thread, so the hand-off is pure latency;
+- tiny work (under `inline_below_us`) with company queues, and the queue is run on the loop one turn later
+  (`_flush`): the requests that arrived together share one execution, as many rows as stay tiny, and no
+  thread hand-off (which costs more than the inference) is paid. It needs no pool instance, so it never waits
+  for one.
+The first execution of a graph always goes to the pool, so nothing unmeasured ever blocks the loop, and a
+configured `max_queue_delay_us` is always honoured.
 """
 
 from __future__ import annotations

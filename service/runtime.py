@@ -2,8 +2,9 @@
 
 One onnxruntime `InferenceSession` (CPU execution provider) per graph of every served version, created when
 the store is opened (the store calls `Runtime.prepare` for each version it accepts, so a graph that
-onnxruntime cannot load rejects that version only). `infer` runs a session in a worker thread (onnxruntime
-releases the GIL). Batching and metrics plug in behind `infer`; every /v1 operation goes through it.
+onnxruntime cannot load rejects that version only). `infer` hands the feeds to the graph's batcher
+(service.batching), which runs the session on the event loop or in a worker thread (onnxruntime releases the
+GIL). Batching and metrics plug in behind `infer`; every /v1 and /v2 inference goes through it.
 
 The optional TorchScript backend (`LATENTSERVE_BACKEND=torchscript`) imports torch lazily, in
 `_TorchScriptSession`, and only then.
