@@ -71,7 +71,7 @@ def test_in_flight_counts_requests_inside_the_app_and_returns_to_zero() -> None:
 
     metrics = Metrics()
     seen: list[int] = []
-    gate = threading.Barrier(2, timeout=10)
+    gate, leave = threading.Barrier(2, timeout=10), threading.Barrier(2, timeout=10)
     app = FastAPI()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -79,6 +79,7 @@ def test_in_flight_counts_requests_inside_the_app_and_returns_to_zero() -> None:
     def wait() -> dict[str, int]:  # sync: each request on its own pool thread, so two overlap
         gate.wait()
         seen.append(metrics.in_flight)
+        leave.wait()  # neither returns before both have looked: the first to finish cannot be missed
         return {}
 
     @app.get("/boom")
