@@ -75,14 +75,6 @@ class _Pending:
     enqueued: float
 
 
-def _rows(feeds: Feeds) -> int:
-    """Batch rows of a request, as `_signature` counts them, without building its key (the inline path)."""
-    if len(feeds) == 1:
-        a = next(iter(feeds.values()))
-        return a.shape[0] if a.ndim else 0
-    return _signature(feeds)[0]
-
-
 def _signature(feeds: Feeds) -> tuple[int, object]:
     """(rows, batching key). Inputs that do not share a dim 0 get a unique key: they run alone."""
     if len(feeds) == 1:  # the usual case, without the sets and sorting below
@@ -128,6 +120,15 @@ class Batcher:
         self._arrival: asyncio.Future[None] | None = None  # wakes that task when a request arrives
 
     @property
+    def model(self) -> str:
+        """The metrics label of the graph (V2 name)."""
+        return self._model
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
     def pending(self) -> int:
         return len(self._queue)
 
@@ -138,13 +139,11 @@ class Batcher:
             self._reset(loop)
         if len(self._queue) >= self.config.queue_size:
             raise QueueFull(self._model, self.config.queue_size)
-        if not self._queue and not self.config.max_queue_delay_us:
-            rows = _rows(feeds)
-            if self._inline_now(rows):
-                # Nothing waiting, no batching window to honour, and the work is tiny (or the request is
-                # alone): run it now, on the loop, without queue or future (and no queue time to record).
-                return self._run_one(feeds, rows)
         rows, key = _signature(feeds)
+        if not self._queue and not self.config.max_queue_delay_us and self._inline_now(rows):
+            # Nothing waiting, no batching window to honour, and the work is tiny (or the request is alone):
+            # run it now, on the loop, without queue or future (and no queue time to record).
+            return self._run_one(feeds, rows)
         item = _Pending(feeds, rows, key, loop.create_future(), time.perf_counter())
         self._queue.append(item)
         if self._arrival is not None and not self._arrival.done():
@@ -311,14 +310,8 @@ class Batcher:
 
     def _measured(self, rows: int, took: float) -> None:
         """Record an execution: the compute-per-row estimate (least of the last 32) and the metrics."""
-        per_row = took / max(rows, 1)
-        recent = self._recent
-        evicted = recent[0] if len(recent) == recent.maxlen else None
-        recent.append(per_row)
-        if self._s_per_row is None or per_row <= self._s_per_row:
-            self._s_per_row = per_row
-        elif evicted is not None and evicted <= self._s_per_row:  # the least one just left the window
-            self._s_per_row = min(recent)
+        self._recent.append(took / max(rows, 1))
+        self._s_per_row = min(self._recent)
         if self._stats is not None:
             self._stats.execution(self._model, self._version, rows, took)
 
@@ -370,16 +363,19 @@ def session_runner(sess: _Session) -> RunFn:
 
 
 class BatcherPool:
-    """One `Batcher` per graph session, made on first use; a replaced session (reload) gets a fresh one."""
+    """One `Batcher` per graph session, made on first use; a replaced session (reload) gets a fresh one.
+    `labels(key)` gives the new batcher's metrics labels (model, version)."""
 
     def __init__(self, config: BatchConfig, stats: InferenceStats | None = None,
-                 alone: Callable[[], bool] | None = None) -> None:
-        self.config, self.stats, self.alone = config, stats, alone
+                 alone: Callable[[], bool] | None = None,
+                 labels: Callable[[Any], tuple[str, str]] = lambda key: (str(key), "1")) -> None:
+        self.config, self.stats, self.alone, self.labels = config, stats, alone, labels
         self._by_key: dict[object, tuple[_Session, Batcher]] = {}
 
-    def get(self, key: object, sess: _Session, model: str, version: str) -> Batcher:
+    def get(self, key: object, sess: _Session) -> Batcher:
         entry = self._by_key.get(key)
         if entry is None or entry[0] is not sess:
+            model, version = self.labels(key)
             entry = (sess, Batcher(session_runner(sess), self.config, model=model, version=version,
                                    stats=self.stats, alone=self.alone))
             self._by_key[key] = entry

@@ -102,13 +102,22 @@ async def send_error(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of request header `name` (lower case), read from the raw ASGI list: cheaper than
+    building Starlette's Headers for one lookup on a hot path."""
+    for k, v in scope.get("headers", []):
+        if k == name:
+            return v  # type: ignore[no-any-return]
+    return None
+
+
 def _content_length(scope: Scope) -> int | None:
     """Declared Content-Length, or None when absent; -1 when present but not a plain non-negative integer."""
-    for k, v in scope.get("headers", []):
-        if k == b"content-length":
-            s = v.strip()
-            return int(s) if s.isdigit() else -1
-    return None
+    v = header(scope, b"content-length")
+    if v is None:
+        return None
+    s = v.strip()
+    return int(s) if s.isdigit() else -1
 
 
 class _Deadline:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.batching import Batcher, BatcherPool, QueueFull, batch_config_from
+from service.batching import BatcherPool, QueueFull, batch_config_from
 from service.errors import InferenceFailed, InvalidInput, Overloaded
 from service.metrics import InferenceStats
 from service.settings import Settings
@@ -67,10 +67,6 @@ class _OnnxSession:
         return self._run(self.output_names, feeds, None)  # type: ignore[no-any-return]
 
 
-#: Per graph, what Runtime.infer looks up on every call: (session, batcher, metrics label, version label).
-_Hot = tuple[GraphSession, Batcher, str, str]
-
-
 class _TorchScriptSession:
     """TorchScript twin of a graph; inputs are fed positionally in the manifest's order."""
 
@@ -105,9 +101,9 @@ class Runtime:
         # number (e.g. `zoo --fresh`) has new digests, so its sessions are rebuilt instead of served stale.
         self._digests: dict[SessionKey, str] = {}
         self.stats = stats or InferenceStats()  # Triton-named metrics, labelled by V2 name <model>.<graph>
-        self._batchers = BatcherPool(batch_config_from(settings), self.stats, alone)  # one queue per graph
-        # infer's per-graph lookups, made once; emptied whenever sessions change (prepare, retain)
-        self._hot_by_key: dict[SessionKey, _Hot] = {}
+        # One queue per graph, labelled by V2 name and version; a replaced session gets a fresh one.
+        self._batchers = BatcherPool(batch_config_from(settings), self.stats, alone,
+                                     labels=lambda key: (f"{key[0]}.{key[2]}", str(key[1])))
 
     def prepare(self, mv: ModelVersion) -> None:
         """Create the sessions of every graph of `mv` (idempotent). Raises when a graph cannot be loaded."""
@@ -117,7 +113,6 @@ class Runtime:
                                            and spec.torchscript else spec.file, "")
             if key in self._sessions and self._digests.get(key) == digest:
                 continue
-            self._hot_by_key.pop(key, None)
             self._sessions[key] = self._make_session(mv, gname)
             self._digests[key] = digest
             ins = [t.name for t in spec.inputs]
@@ -125,7 +120,6 @@ class Runtime:
             got = self._sessions[key]
             if got.input_names != ins or got.output_names != outs:
                 del self._sessions[key]
-                self._hot_by_key.pop(key, None)
                 raise ValueError(
                     f"graph {gname!r}: file has inputs {got.input_names} outputs {got.output_names}, "
                     f"manifest says {ins} {outs}"
@@ -153,7 +147,6 @@ class Runtime:
         for key in [k for k in self._sessions if (k[0], k[1]) not in keep]:
             del self._sessions[key]
             self._digests.pop(key, None)
-            self._hot_by_key.pop(key, None)
 
     def session(self, mv: ModelVersion, graph: str) -> GraphSession:
         try:
@@ -164,22 +157,14 @@ class Runtime:
     def keys(self) -> Iterable[SessionKey]:
         return list(self._sessions)
 
-    def _hot(self, mv: ModelVersion, graph: str) -> _Hot:
-        """What `infer` needs for one graph, looked up once: (session, batcher, metrics label, version)."""
-        key = (mv.name, mv.version, graph)
-        hot = self._hot_by_key.get(key)
-        if hot is None:
-            sess = self.session(mv, graph)
-            label, v = f"{mv.name}.{graph}", str(mv.version)
-            hot = self._hot_by_key[key] = (sess, self._batchers.get(key, sess, label, v), label, v)
-        return hot
-
     async def infer(
         self, mv: ModelVersion, graph: str, feeds: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         """Run one graph on `feeds` (batched, inline or in a worker thread); outputs by name. The one door to
         inference."""
-        sess, batcher, label, version = self._hot(mv, graph)
+        sess = self.session(mv, graph)
+        batcher = self._batchers.get((mv.name, mv.version, graph), sess)
+        label, version = batcher.model, batcher.version
         start = time.perf_counter()
         for name in sess.input_names:
             if name not in feeds:

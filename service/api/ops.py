@@ -18,6 +18,7 @@ from service.api.deps import RuntimeDep, SettingsDep, StoreDep
 from service.api.routing import MULTIPART_DOC, JSONOrFormRoute
 from service.errors import InvalidInput, PayloadTooLarge
 from service.images import ImageLimits, ParsedImages, grid_png, parse_images, to_base64_pngs
+from service.limits import header
 from service.schemas import (
     AnomalyScoreRequest,
     AnomalyScoreResponse,
@@ -105,8 +106,7 @@ def op_route(
 # --- helpers ------------------------------------------------------------------------------------
 def wants_png(request: Request) -> bool:
     """True when the first of image/png or application/json named in Accept is image/png."""
-    # The raw header list: building Starlette's Headers for one lookup costs more than the scan.
-    accept = next((v for k, v in request.scope["headers"] if k == b"accept"), b"").decode("latin-1")
+    accept = (header(request.scope, b"accept") or b"").decode("latin-1")
     for part in accept.split(","):
         media = part.split(";")[0].strip().lower()
         if media == "image/png":

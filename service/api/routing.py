@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.lean import LeanRoute
 from service.errors import MalformedRequest
+from service.limits import header
 
 #: Fields that hold images and so may repeat (lists); `start`/`end` take one file each.
 LIST_FIELDS = {"images"}
@@ -83,8 +84,7 @@ def _with_json(request: Request, body: bytes | None) -> Request:
 class JSONOrFormRoute(LeanRoute):
     async def read_body(self, request: Request) -> bytes:
         """The request body as JSON bytes: multipart forms converted, anything else taken as JSON."""
-        # The raw header list: building Starlette's Headers for this one lookup costs more than the scan.
-        ctype = next((v for k, v in request.scope["headers"] if k == b"content-type"), b"")
+        ctype = header(request.scope, b"content-type") or b""
         if ctype.lower().startswith(b"multipart/form-data"):
             return await _form_to_json(request)
         return await super().read_body(request)
