@@ -86,19 +86,26 @@ def test_sigterm_under_load_drains_and_exits_in_time(fixture_store: Path, tmp_pa
                max_queue_delay_us=300_000) as s:
         stop = threading.Event()
         answered: list[int] = []
-        dropped: list[str] = []  # admitted, then failed: must stay empty
-        refused: list[str] = []  # never admitted (connection refused after the drain): allowed
+        dropped: list[str] = []  # sent before the listener closed, then failed: must stay empty
+        refused: list[str] = []  # sent as the listener closed or later: allowed to fail
+        t_sig = float("inf")
+        # The listener closes at t_sig + drain. A connection the kernel accepted just then (in the backlog,
+        # not yet taken by uvicorn) is reset by the close, as with any server; while draining every answer
+        # says Connection: close, so each request opens a new connection and may be the one caught. A
+        # request sent before the drain ends (with a margin for scheduling) must be answered.
+        margin = 0.2
 
         def load() -> None:
             with httpx.Client(base_url=s.base, timeout=10) as c:
                 while not stop.is_set():
+                    sent = time.monotonic()
                     try:
                         answered.append(c.post("/v1/models/tiny-ae/decode", json=LATENT).status_code)
-                    except httpx.ConnectError as exc:
-                        refused.append(repr(exc))
-                        time.sleep(0.05)
                     except httpx.HTTPError as exc:
-                        dropped.append(repr(exc))
+                        late = sent >= t_sig + drain - margin
+                        (refused if late else dropped).append(f"{sent - t_sig:+.3f} s: {exc!r}")
+                        if late:
+                            time.sleep(0.05)
 
         threads = [threading.Thread(target=load) for _ in range(8)]
         for t in threads:
@@ -107,7 +114,7 @@ def test_sigterm_under_load_drains_and_exits_in_time(fixture_store: Path, tmp_pa
         while len(answered) < 16 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert answered, f"no load before the signal: {dropped[:3]} {refused[:3]}"
-        t_sig = time.monotonic()
+        t_sig = time.monotonic()  # the load threads read it: requests sent from now on are classified
         s.proc.send_signal(signal.SIGTERM)
         time.sleep(0.1)
         ready = httpx.get(s.base + "/health/ready", timeout=2)
