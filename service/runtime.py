@@ -106,24 +106,27 @@ class Runtime:
                                      labels=lambda key: (f"{key[0]}.{key[2]}", str(key[1])))
 
     def prepare(self, mv: ModelVersion) -> None:
-        """Create the sessions of every graph of `mv` (idempotent). Raises when a graph cannot be loaded."""
+        """Create the sessions of every graph of `mv` (idempotent). Raises when a graph cannot be loaded, and
+        then changes nothing: a version that served keeps its sessions (service.store.repository)."""
+        made: dict[SessionKey, tuple[GraphSession, str]] = {}
         for gname, spec in mv.manifest.graphs.items():
             key = (mv.name, mv.version, gname)
             digest = mv.manifest.files.get(spec.torchscript if self.settings.backend == "torchscript"
                                            and spec.torchscript else spec.file, "")
             if key in self._sessions and self._digests.get(key) == digest:
                 continue
-            self._sessions[key] = self._make_session(mv, gname)
-            self._digests[key] = digest
+            got = self._make_session(mv, gname)
             ins = [t.name for t in spec.inputs]
             outs = [t.name for t in spec.outputs]
-            got = self._sessions[key]
             if got.input_names != ins or got.output_names != outs:
-                del self._sessions[key]
                 raise ValueError(
                     f"graph {gname!r}: file has inputs {got.input_names} outputs {got.output_names}, "
                     f"manifest says {ins} {outs}"
                 )
+            made[key] = (got, digest)
+        for key, (got, digest) in made.items():
+            self._sessions[key] = got
+            self._digests[key] = digest
 
     def _make_session(self, mv: ModelVersion, gname: str) -> GraphSession:
         spec = mv.manifest.graphs[gname]

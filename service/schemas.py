@@ -133,11 +133,16 @@ class StoreProblemOut(BaseModel):
     model: str
     version: int | None
     reason: str
+    serving: Literal["previous"] | None = Field(
+        default=None,
+        description='"previous": the version served before its files went bad, and still serves that copy',
+    )
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelSummary]
-    problems: list[StoreProblemOut] = Field(description="versions skipped at load, with the reason")
+    problems: list[StoreProblemOut] = Field(
+        description="versions that failed their last check, with the reason")
 
 
 class GraphOut(BaseModel):

@@ -4,6 +4,10 @@
 not match its folder, missing file, wrong sha256, or a graph the runtime cannot load) is skipped with a logged
 reason and recorded in `store.problems`; everything else serves. `reload()` rescans and swaps the whole
 snapshot in one assignment, so a request sees either the old store or the new one, never a mix.
+
+A version that served before a reload and now fails (its files damaged or rewritten on disk) keeps serving
+the copy verified and loaded before, as Triton keeps a loaded model whose reload fails: its problem says so
+(`serving: "previous"`). Removing its folder unpublishes it; a restart loads only what verifies.
 """
 
 from __future__ import annotations
@@ -51,9 +55,12 @@ class StoreProblem:
     model: str
     version: int | None
     reason: str
+    #: True when the version still serves the copy loaded before this scan (see the module docstring).
+    serving_previous: bool = False
 
     def as_dict(self) -> dict[str, object]:
-        return {"model": self.model, "version": self.version, "reason": self.reason}
+        return {"model": self.model, "version": self.version, "reason": self.reason,
+                "serving": "previous" if self.serving_previous else None}
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,10 @@ def _load_version(root: Path, name: str, version: int) -> ModelVersion:
     return ModelVersion(manifest=manifest, path=vdir)
 
 
-def _scan(root: Path, check: VersionCheck | None) -> _Snapshot:
+def _scan(root: Path, check: VersionCheck | None, previous: _Snapshot | None = None) -> _Snapshot:
     models: dict[str, dict[int, ModelVersion]] = {}
     problems: list[StoreProblem] = []
+    before = previous.models if previous is not None else {}
     for name in model_names(root):
         for v in version_numbers(root / name):
             try:
@@ -103,6 +111,13 @@ def _scan(root: Path, check: VersionCheck | None) -> _Snapshot:
                     check(mv)
             except Exception as exc:  # any failure rejects this version only; the rest still serves
                 reason = str(exc) or type(exc).__name__
+                kept = before.get(name, {}).get(v)
+                if kept is not None:  # it served until now: keep the copy that was verified and loaded
+                    log.error("store: %s/%s on disk now fails (%s); still serving the copy loaded before",
+                              name, v, reason)
+                    problems.append(StoreProblem(name, v, reason, serving_previous=True))
+                    models.setdefault(name, {})[v] = kept
+                    continue
                 log.warning("store: skipping %s/%s: %s", name, v, reason)
                 problems.append(StoreProblem(name, v, reason))
                 continue
@@ -137,9 +152,9 @@ class ModelStore:
         return store
 
     def reload(self) -> ModelStore:
-        """Rescan the root and swap the snapshot atomically."""
+        """Rescan the root and swap the snapshot atomically; a served version that now fails keeps serving."""
         with self._reload_lock:
-            self._snap = _scan(self.root, self._check)
+            self._snap = _scan(self.root, self._check, self._snap)
         return self
 
     # --- queries ------------------------------------------------------------------------------

@@ -290,6 +290,10 @@ IndexBody = Annotated[RepositoryIndexRequest | None, Body()]
 async def _index(request: Request, ready_only: bool) -> Response:
     cat = _catalog(request)
     entries: list[dict[str, str]] = []
+    problems = _store(request).problems
+    # Served versions whose files went bad after they loaded: READY (the loaded copy), with the reason.
+    stale = {(p["model"], p["version"]): f"serving the copy loaded before; on disk now: {p['reason']}"
+             for p in problems if p.get("serving") == "previous"}
     for name, mv in cat.names(_store(request)):
         loaded = cat.is_loaded(name)
         if ready_only and not loaded:
@@ -297,11 +301,14 @@ async def _index(request: Request, ready_only: bool) -> Response:
         entry = {"name": name, "version": str(mv.version), "state": "READY" if loaded else "UNAVAILABLE"}
         if not loaded:
             entry["reason"] = "unloaded"
+        elif (mv.name, mv.version) in stale:
+            entry["reason"] = stale[(mv.name, mv.version)]
         entries.append(entry)
     if not ready_only:  # versions the store refused (checksum, truncated graph, bad manifest), and why
-        for p in _store(request).problems:
-            entries.append({"name": str(p["model"]), "version": str(p["version"] or ""),
-                            "state": "UNAVAILABLE", "reason": str(p["reason"])})
+        for p in problems:
+            if p.get("serving") != "previous":
+                entries.append({"name": str(p["model"]), "version": str(p["version"] or ""),
+                                "state": "UNAVAILABLE", "reason": str(p["reason"])})
     return _json(entries)
 
 

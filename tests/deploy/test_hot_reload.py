@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
-from deploykit import MODEL, publish
+from deploykit import MODEL, SHAPE, publish
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -151,6 +152,70 @@ def test_a_broken_publish_keeps_serving_what_was_there(onnx_store: Path) -> None
         assert _latest(client) == 1
         r = client.post(f"/v1/models/{MODEL}/decode", json={"latents": [[0.0, 0.0]]})
         assert r.status_code == 200
+
+
+def test_a_served_version_whose_files_go_bad_keeps_serving_its_loaded_copy(onnx_store: Path) -> None:
+    """Triton's rule for a failed reload of a loaded model: the loaded copy stays. Removing the folder still
+    unpublishes it, and a good publish over the damage serves again."""
+    app = create_app(Settings(store=onnx_store, reload_interval_s=0.05))
+    decode = {"latents": [[0.1, -0.2]]}
+    with TestClient(app) as client:
+        before = client.post(f"/v1/models/{MODEL}/decode", json=decode).json()["images"]
+        (onnx_store / MODEL / "1" / "decoder.onnx").write_bytes(b"damaged on disk")
+        deadline = time.monotonic() + 5
+        problems: list = []
+        while not problems and time.monotonic() < deadline:
+            problems = client.get("/v1/models").json()["problems"]
+            time.sleep(0.05)
+        assert len(problems) == 1, problems
+        assert problems[0]["version"] == 1 and problems[0]["serving"] == "previous"
+        assert "sha256" in problems[0]["reason"]
+        assert _latest(client) == 1
+        r = client.post(f"/v1/models/{MODEL}/decode", json=decode)
+        assert r.status_code == 200 and r.json()["images"] == before  # the verified copy, not the damage
+        index = {(e["name"], e["version"]): e for e in client.get("/v2/repository/index").json()}
+        entry = index[(f"{MODEL}.decoder", "1")]
+        assert entry["state"] == "READY" and "sha256" in entry["reason"], entry
+        assert all(e["state"] == "READY" for e in index.values()), index  # no UNAVAILABLE twin row
+        assert client.post(f"/v2/models/{MODEL}.decoder/infer", json={"inputs": [
+            {"name": "z", "datatype": "FP32", "shape": [1, 2], "data": [0.1, -0.2]}]}).status_code == 200
+
+        shutil.rmtree(onnx_store / MODEL / "1")  # unpublished: gone, as before
+        deadline = time.monotonic() + 5
+        while client.get(f"/v1/models/{MODEL}").status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get(f"/v1/models/{MODEL}").status_code == 404
+        assert client.get("/v1/models").json()["problems"] == []
+
+
+def test_a_failed_prepare_leaves_the_served_sessions_alone(onnx_store: Path) -> None:
+    """A rewritten version that verifies but cannot serve (graph inputs differ from its manifest) must not
+    take the sessions of the copy that serves."""
+    import json
+
+    from service.store.layout import MANIFEST_NAME, sha256_file
+
+    app = create_app(Settings(store=onnx_store))
+    with TestClient(app) as client:
+        runtime = app.state.runtime
+        served = {k: runtime.session(app.state.store.get(MODEL, 1), k[2]) for k in runtime.keys()}
+        mpath = onnx_store / MODEL / "1" / MANIFEST_NAME
+        manifest = json.loads(mpath.read_text())
+        enc = onnx_store / MODEL / "1" / manifest["graphs"]["encoder"]["file"]
+        dec = onnx_store / MODEL / "1" / manifest["graphs"]["decoder"]["file"]
+        enc.write_bytes(dec.read_bytes())  # the decoder under the encoder's name: a new digest, wrong inputs
+        manifest["files"][enc.name] = sha256_file(enc)
+        mpath.write_text(json.dumps(manifest))
+        app.state.store.reload()  # what the poller and /admin/reload run
+        runtime.retain(app.state.store)
+        problems = app.state.store.problems
+        assert problems and problems[0]["serving"] == "previous", problems
+        assert "inputs" in problems[0]["reason"], problems
+        assert {k: runtime.session(app.state.store.get(MODEL, 1), k[2]) for k in runtime.keys()} == served
+        x = np.zeros((1, *SHAPE), np.float32)
+        r = client.post(f"/v2/models/{MODEL}.encoder/infer", json={"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]})
+        assert r.status_code == 200, r.text
 
 
 # --- the admin reload call --------------------------------------------------------------------------------
