@@ -504,7 +504,8 @@ def _row(label: str, cfg: str, conc: int, r: dict[str, Any], rows: int) -> str:
     )
 
 
-def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str]:
+def ratios(res: Results, concs: list[int], inproc: dict[str, float],
+           c1_extra: list[float] | None = None) -> list[str]:
     """Each target as a ratio of req/s, read two ways, and of server CPU per request where it applies.
 
     "Best runs" divides the best run of each side. "Paired runs" divides runs made back to back (the same rep
@@ -544,9 +545,11 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float]) -> list[str
     for cfg in ("default", "pool/on"):
         for c in concs:
             num = res.get(("/v1 sample n=1 [mlp]", cfg, c))
+            pairs = list((num or {}).get("paired_ratios") or [])
+            if cfg == "default" and c == 1 and c1_extra:  # every fresh start (see fresh_starts)
+                pairs += c1_extra
             add(f"(b) /v1 sample [mlp] / (a) ceiling, {cfg}", c, num,
-                res.get(("GET /health/live (ceiling)", cfg, c)), 0.7,
-                pairs=(num or {}).get("paired_ratios") or None)
+                res.get(("GET /health/live (ceiling)", cfg, c)), 0.7, pairs=pairs or None)
     for tag in ("mlp", "conv"):
         for cfg in ("default", "pool/on"):
             r = res.get((f"V2 decode n=1024 binary [{tag}]", cfg, 1))
@@ -649,6 +652,7 @@ def write_report(
     profiles: dict[str, tuple[list[tuple[str, float]], list[tuple[str, float]]]],
     args: argparse.Namespace,
     wall: float,
+    extra: list[str] | None = None,
 ) -> None:
     md = [
         "# Serving benchmark",
@@ -693,6 +697,7 @@ def write_report(
         "",
         "![serving](serving.png)",
         "",
+        *(extra or []),
         "## Where a /v1 sample request's CPU goes, without HTTP",
         "",
         "`bench/serving_breakdown.py`: the app driven in-process through ASGI (default settings), the "
@@ -722,6 +727,64 @@ def write_report(
         md += [f"| `{f}` | {s:.1%} |" for f, s in leaf]
         md.append("")
     path.write_text("\n".join(md))
+
+
+def fresh_starts(scs: list[Scenario], args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    """(b) at c=1 on `args.c1_starts` fresh starts of the default server, `args.reps` pairs each.
+
+    At c=1 a request is one round trip through wrk, the kernel and the server, so it depends on where the
+    scheduler places the two processes (the same core or not, which cores): on this host the ceiling moves
+    by up to 25% from one server start to the next while the sample moves less, and one start decides the
+    main table's c=1 ratio. Each start here is a new process; the target at c=1 reads the median of the
+    pairs of every start, the main table's included."""
+    ceiling_sc = next(s for s in scs if s.key == "a")
+    sample_sc = next((s for s in scs if s.label == "/v1 sample n=1 [mlp]"), None)
+    if sample_sc is None or args.c1_starts <= 0:
+        return []
+    out = []
+    for i in range(args.c1_starts):
+        with server(CACHE, CONFIGS[0], workdir) as (url, proc):
+            for sc in (ceiling_sc, sample_sc):
+                check_once(url, sc)
+                wrk(url, sc, 8, 1, workdir)  # warm-up, as in run_all
+            ceil_rps, sample_rps, pairs = [], [], []
+            for _ in range(args.reps):
+                a = wrk(url, ceiling_sc, 1, args.duration, workdir, proc.pid)
+                b = wrk(url, sample_sc, 1, args.duration, workdir, proc.pid)
+                ceil_rps.append(a["rps"])
+                sample_rps.append(b["rps"])
+                pairs.append(b["rps"] / a["rps"])
+        out.append({"start": i + 1, "ceiling_rps": ceil_rps, "sample_rps": sample_rps, "pairs": pairs})
+        log.info("fresh start %d: ceiling %s, sample %s, ratios %s", i + 1, [f"{x:.0f}" for x in ceil_rps],
+                 [f"{x:.0f}" for x in sample_rps], [f"{x:.2f}" for x in pairs])
+    return out
+
+
+def fresh_starts_table(starts: list[dict[str, Any]], main_pairs: list[float]) -> list[str]:
+    """The report's section on (b) at c=1 over fresh server starts."""
+    if not starts:
+        return []
+    md = [
+        "## (b) at c=1 over fresh server starts",
+        "",
+        "The default server started anew each time, ceiling and sample alternating at c=1 (paired as above); "
+        "the first row is the main table's server. The c=1 (b) target reads the median of all these pairs.",
+        "",
+        "| start | ceiling req/s (median) | sample req/s (median) | sample / ceiling: median (range) |",
+        "| --- | --- | --- | --- |",
+    ]
+    if main_pairs:
+        md.append(f"| main table | | | {statistics.median(main_pairs):.2f} "
+                  f"({min(main_pairs):.2f} to {max(main_pairs):.2f}) |")
+    for st in starts:
+        p = st["pairs"]
+        md.append(f"| {st['start']} | {statistics.median(st['ceiling_rps']):,.0f} | "
+                  f"{statistics.median(st['sample_rps']):,.0f} | {statistics.median(p):.2f} "
+                  f"({min(p):.2f} to {max(p):.2f}) |")
+    every = main_pairs + [x for st in starts for x in st["pairs"]]
+    md += ["", f"All {len(every)} pairs: median {statistics.median(every):.2f}, range {min(every):.2f} to "
+           f"{max(every):.2f}.", ""]
+    return md
 
 
 def run_all(
@@ -806,10 +869,14 @@ def main(argv: list[str] | None = None) -> int:
         "for quick checks while tuning, with --out elsewhere",
     )
     p.add_argument("--concs", type=int, nargs="*", default=None, help="concurrency levels (default 1 16 64)")
+    p.add_argument("--c1-starts", type=int, default=None,
+                   help="extra fresh starts of the default server for (b) at c=1 (default 4, quick 0)")
     p.add_argument("--out", type=Path, default=RESULTS / "serving.md")
     args = p.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 2.0)
     args.reps = args.reps or (1 if args.quick else 3)
+    if args.c1_starts is None:
+        args.c1_starts = 0 if args.quick else 4
     if args.quick:
         args.profile = args.profile[:1]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -828,6 +895,9 @@ def main(argv: list[str] | None = None) -> int:
     parts = breakdown(CACHE, rounds=3 if args.quick else 10)
     with tempfile.TemporaryDirectory() as tmp:
         res, lines, profiles = run_all(scs, concs, args, Path(tmp))
+        starts = fresh_starts(scs, args, Path(tmp)) if 1 in concs else []
+    main_pairs = list((res.get(("/v1 sample n=1 [mlp]", "default", 1)) or {}).get("paired_ratios") or [])
+    c1_extra = [x for st in starts for x in st["pairs"]]
     info["load_avg_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(res, concs, args.out.with_suffix(".png"))
@@ -836,18 +906,20 @@ def main(argv: list[str] | None = None) -> int:
         info,
         origin,
         lines,
-        ratios(res, concs, inproc),
+        ratios(res, concs, inproc, c1_extra),
         inproc,
         parts,
         profiles,
         args,
         time.perf_counter() - t0,
+        fresh_starts_table(starts, main_pairs),
     )
     args.out.with_suffix(".json").write_text(
         json.dumps(
             {
                 "machine": info,
                 "inprocess_samples_s": inproc,
+                "c1_fresh_starts": starts,
                 "results": [{"scenario": k[0], "server": k[1], "c": k[2], **v} for k, v in res.items()],
             },
             indent=1,

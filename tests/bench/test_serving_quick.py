@@ -23,7 +23,7 @@ pytestmark = [
 
 def test_serving_bench_quick_slice_writes_a_complete_report(tmp_path: Path) -> None:
     out = tmp_path / "serving.md"
-    cmd = [sys.executable, "bench/serving.py", "--quick", "--concs", "1", "--profile",
+    cmd = [sys.executable, "bench/serving.py", "--quick", "--concs", "1", "--c1-starts", "1", "--profile",
            "--only", "sample n=1 [mlp]", "decode n=1024 binary [mlp]", "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -40,8 +40,12 @@ def test_serving_bench_quick_slice_writes_a_complete_report(tmp_path: Path) -> N
                   "batching on / off (default): /v1 sample n=1 [mlp]",
                   "default / pool/on: /v1 sample n=1 [mlp]"):
         assert ratio in md, ratio
+    assert "## (b) at c=1 over fresh server starts" in md and "| 1 | " in md
+    assert "2 pairs)" in md  # the c=1 target reads the main table's pair and the fresh start's
     assert out.with_suffix(".png").stat().st_size > 10_000
-    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [len(st["pairs"]) for st in report["c1_fresh_starts"]] == [1]
+    results = report["results"]
     assert {r["server"] for r in results} == {"default", "pool/on", "pool/off", "default/off", "bare"}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results)
     sample = [r for r in results if r["scenario"] == "/v1 sample n=1 [mlp]" and r["server"] == "default"]
