@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 from storebuilder import png_b64
 
 from service.errors import InvalidInput, PayloadTooLarge
-from service.images import ImageLimits, grid_png, parse_images, to_base64_pngs
+from service.images import ImageLimits, encode_png, grid_png, parse_images, to_base64_pngs
 from service.store.manifest import DataSpec
 
 GRAY = DataSpec(dataset="t", shape=(1, 8, 8), preprocessing="none")
@@ -77,3 +79,38 @@ def test_outputs_round_trip_and_grid_layout() -> None:
     assert grid.size == (3 * (1 + 2 * 9), 3 * (1 + 3 * 9))  # 2 columns, 3 rows
     rgb = Image.open(io.BytesIO(grid_png(np.ones((2, 3, 4, 4)))))
     assert rgb.mode == "RGB" and rgb.size == (11, 6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (8, 8), (3, 17), (64, 5), (28, 28, 3), (1, 9, 3), (300, 200)])
+def test_encode_png_is_a_png_pillow_reads_back_exactly(shape: tuple[int, ...]) -> None:
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    data = encode_png(pixels)
+    im = Image.open(io.BytesIO(data))
+    im.load()  # decodes every row and checks the zlib stream
+    assert im.format == "PNG" and im.mode == ("RGB" if len(shape) == 3 else "L")
+    np.testing.assert_array_equal(np.asarray(im), pixels)
+    # every chunk's CRC is right (Pillow checks IHDR/IDAT on load, not necessarily IEND): walk them here
+    pos, tags = 8, []
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        assert struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(tag + body), tag
+        tags.append(tag)
+        pos += 12 + n
+    assert tags == [b"IHDR", b"IDAT", b"IEND"] and pos == len(data)
+
+
+@pytest.mark.parametrize("shape", [(8,), (2, 2, 2), (2, 2, 4), (0, 4), (1, 2, 2, 1)])
+def test_encode_png_refuses_what_is_not_grey_or_rgb(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="encode_png takes"):
+        encode_png(np.zeros(shape, np.uint8))
+
+
+def test_grid_scale_is_pillows_nearest_upscale() -> None:
+    for channels in (1, 3):
+        x = np.random.default_rng(channels).random((5, channels, 7, 6)).astype(np.float32)
+        one = Image.open(io.BytesIO(grid_png(x, columns=3)))
+        big = Image.open(io.BytesIO(grid_png(x, columns=3, scale=4)))
+        want = one.resize((one.width * 4, one.height * 4), Image.Resampling.NEAREST)
+        assert big.mode == want.mode and big.size == want.size
+        np.testing.assert_array_equal(np.asarray(big), np.asarray(want))
