@@ -3,6 +3,7 @@ requests; and the admin reload call (404 when off, 401 without the key, 200 with
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.reload import fingerprint
 from service.settings import Settings
-from service.store.layout import STAGING_PREFIX
+from service.store.layout import MANIFEST_NAME, STAGING_PREFIX, sha256_file
 from service.store.repository import ModelStore
 
 ADMIN = "admin-s3cret"
@@ -28,6 +29,16 @@ def _latest(client: httpx.Client | TestClient) -> int:
     r = client.get(f"/v1/models/{MODEL}")
     assert r.status_code == 200, r.text
     return int(r.json()["latest"])
+
+
+def _problems_soon(client: TestClient, within_s: float = 5.0) -> list[dict]:
+    """The store's problems as soon as the poller reports any (or none after `within_s`)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        problems: list[dict] = client.get("/v1/models").json()["problems"]
+        if problems or time.monotonic() > deadline:
+            return problems
+        time.sleep(0.05)
 
 
 # --- the poller, against a real `python -m service` under load ----------------------------------------------
@@ -143,11 +154,7 @@ def test_a_broken_publish_keeps_serving_what_was_there(onnx_store: Path) -> None
     with TestClient(app) as client:
         publish(onnx_store, MODEL, 2)
         (onnx_store / MODEL / "2" / "decoder.onnx").write_bytes(b"corrupted after publish")
-        deadline = time.monotonic() + 5
-        problems: list = []
-        while not problems and time.monotonic() < deadline:
-            problems = client.get("/v1/models").json()["problems"]
-            time.sleep(0.05)
+        problems = _problems_soon(client)
         assert problems and problems[0]["version"] == 2 and "sha256" in problems[0]["reason"]
         assert _latest(client) == 1
         r = client.post(f"/v1/models/{MODEL}/decode", json={"latents": [[0.0, 0.0]]})
@@ -156,17 +163,13 @@ def test_a_broken_publish_keeps_serving_what_was_there(onnx_store: Path) -> None
 
 def test_a_served_version_whose_files_go_bad_keeps_serving_its_loaded_copy(onnx_store: Path) -> None:
     """Triton's rule for a failed reload of a loaded model: the loaded copy stays. Removing the folder still
-    unpublishes it, and a good publish over the damage serves again."""
+    unpublishes it."""
     app = create_app(Settings(store=onnx_store, reload_interval_s=0.05))
     decode = {"latents": [[0.1, -0.2]]}
     with TestClient(app) as client:
         before = client.post(f"/v1/models/{MODEL}/decode", json=decode).json()["images"]
         (onnx_store / MODEL / "1" / "decoder.onnx").write_bytes(b"damaged on disk")
-        deadline = time.monotonic() + 5
-        problems: list = []
-        while not problems and time.monotonic() < deadline:
-            problems = client.get("/v1/models").json()["problems"]
-            time.sleep(0.05)
+        problems = _problems_soon(client)
         assert len(problems) == 1, problems
         assert problems[0]["version"] == 1 and problems[0]["serving"] == "previous"
         assert "sha256" in problems[0]["reason"]
@@ -191,10 +194,6 @@ def test_a_served_version_whose_files_go_bad_keeps_serving_its_loaded_copy(onnx_
 def test_a_failed_prepare_leaves_the_served_sessions_alone(onnx_store: Path) -> None:
     """A rewritten version that verifies but cannot serve (graph inputs differ from its manifest) must not
     take the sessions of the copy that serves."""
-    import json
-
-    from service.store.layout import MANIFEST_NAME, sha256_file
-
     app = create_app(Settings(store=onnx_store))
     with TestClient(app) as client:
         runtime = app.state.runtime
