@@ -9,6 +9,9 @@ and `/v1/models/vae-digits/sample` n=1 on that server, and prints req/s and the 
     none      the service as shipped
     ort       onnxruntime's `run` answers a cached result (no inference)
     op        `service.ops.sample` answers a ready result (no draw, no dispatch, no inference)
+    numpy     graphs made only of Gemm, LeakyRelu, Relu, Sigmoid, Constant and Reshape (the MLP decoders) run
+              as plain NumPy instead of onnxruntime, checked against it on a probe batch first: would a
+              lighter executor than onnxruntime help at c=1?
 
 The difference of the round trips says what each piece costs in place, caches and all, which a tight loop
 cannot show. Not part of `make bench`; stubs never leave the temporary folder.
@@ -44,6 +47,59 @@ async def _sample(rt, mv, n, seed=None, temperature=1.0):
         _done[(mv.name, n)] = await _real(rt, mv, n, 0, temperature)
     return _done[(mv.name, n)]
 ops.sample = _sample
+''',
+    "numpy": '''
+import numpy as np, onnx
+from onnx import numpy_helper
+from service import runtime
+_init = runtime._OnnxSession.__init__
+_OPS = {"Gemm", "LeakyRelu", "Relu", "Sigmoid", "Constant", "Reshape"}
+
+def _program(path):
+    m = onnx.load(path)
+    if any(n.op_type not in _OPS for n in m.graph.node) or len(m.graph.input) != 1:
+        return None
+    env = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    steps = []
+    for n in m.graph.node:
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        if n.op_type == "Constant":
+            env[n.output[0]] = numpy_helper.to_array(a["value"])
+        elif n.op_type == "Gemm":
+            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+                return None
+            w = env[n.input[1]]
+            w = np.ascontiguousarray(w.T if a.get("transB", 0) else w)
+            steps.append(lambda x, w=w, b=env[n.input[2]]: x @ w + b)
+        elif n.op_type == "LeakyRelu":
+            steps.append(lambda x, k=np.float32(a.get("alpha", 0.01)): np.where(x > 0, x, x * k))
+        elif n.op_type == "Relu":
+            steps.append(lambda x: np.maximum(x, 0))
+        elif n.op_type == "Sigmoid":
+            steps.append(lambda x: 1 / (1 + np.exp(-x)))
+        else:  # Reshape to a constant shape; a 0 keeps that dim
+            shape = [int(v) for v in env[n.input[1]]]
+            steps.append(lambda x, shape=shape: x.reshape([x.shape[i] if v == 0 else v
+                                                          for i, v in enumerate(shape)]))
+    return steps
+
+def __init__(self, path, settings):
+    _init(self, path, settings)
+    steps = _program(path)
+    if steps is None:
+        return
+    name, ort_run = self.input_names[0], self._run
+    def run(names, feeds, options):
+        x = feeds[name]
+        for f in steps:
+            x = f(x)
+        return [x.astype(np.float32, copy=False)]
+    shape = [d if isinstance(d, int) else 3 for d in self.session.get_inputs()[0].shape]
+    probe = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    want, got = ort_run(self.output_names, probe, None), run(None, probe, None)
+    assert len(want) == 1 and np.allclose(want[0], got[0], atol=1e-5), path  # same answers as onnxruntime
+    self._run = run
+runtime._OnnxSession.__init__ = __init__
 ''',
 }
 

@@ -58,5 +58,5 @@ def test_c1_stub_comparison_runs_every_variant() -> None:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split("|")[1].strip() for r in rows] == ["none", "ort", "op"]
+    assert [r.split("|")[1].strip() for r in rows] == ["none", "ort", "op", "numpy"]
     assert all(float(r.split("|")[-2]) > 0 for r in rows)
