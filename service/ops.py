@@ -124,13 +124,14 @@ async def _run(rt: Runner, mv: ModelVersion, graph: str, x: np.ndarray) -> list[
 def check_latents(mv: ModelVersion, z: np.ndarray, what: str = "latents") -> np.ndarray:
     """(N, D) float32, finite, D = the model's latent dim."""
     dim = mv.manifest.latent.dim
-    z = np.asarray(z, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: refused below
+        z = np.asarray(z, dtype=np.float32)
     if z.ndim == 1:
         z = z[None, :]
     if z.ndim != 2 or z.shape[1] != dim:
         raise InvalidInput(f"{what} must have shape (N, {dim}) for model {mv.name!r}, got {list(z.shape)}")
     if not np.isfinite(z).all():
-        raise InvalidInput(f"{what} contain NaN or infinite values")
+        raise InvalidInput(f"{what} must be finite float32 numbers: no NaN or infinite values, |x| <= 3.4e38")
     return z
 
 

@@ -127,7 +127,10 @@ def _decode_input(t: Any, binary: memoryview, offset: int) -> tuple[str, np.ndar
     if "data" not in t:
         raise CodecError(f"input {name!r}: needs 'data' or parameters.binary_data_size")
     try:
-        arr = np.asarray(t["data"], dtype=dtype)
+        with np.errstate(over="ignore"):  # a float beyond the type's range becomes inf, as in binary data
+            arr = np.asarray(t["data"], dtype=dtype)
+    except OverflowError as exc:  # an integer the type cannot hold (300 as INT8)
+        raise CodecError(f"input {name!r}: data out of range for {dt_name} ({exc})") from exc
     except (ValueError, TypeError) as exc:
         raise CodecError(f"input {name!r}: data is not a numeric {dt_name} array") from exc
     if arr.size != count:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -347,6 +348,19 @@ def test_nan_in_latents(client: TestClient) -> None:
         headers={"content-type": "application/json"},
     )
     assert "NaN" in problem(r, 422, "invalid-input")["detail"]
+
+
+@pytest.mark.parametrize("op, body", [
+    ("decode", {"latents": [[1e300, 0.0, 0.0, 0.0]]}),
+    ("interpolate", {"start": [0.0, -1e39, 0.0, 0.0], "end": [0.0, 0.0, 0.0, 0.0]}),
+])
+def test_latents_beyond_float32_are_refused_without_a_warning(
+    client: TestClient, op: str, body: dict[str, Any]
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the cast overflowing is expected, not news
+        p = problem(client.post(f"/v1/models/tiny-ae/{op}", json=body), 422, "invalid-input")
+    assert "float32" in p["detail"], p
 
 
 def test_decompression_bomb_refused_from_the_header(client: TestClient) -> None:

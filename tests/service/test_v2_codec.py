@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import warnings
 import zlib
 
 import numpy as np
@@ -69,6 +71,8 @@ def test_nested_and_flat_json_data_agree() -> None:
     ({"inputs": [{"name": "z", "shape": [2], "datatype": "FP32", "data": [1, 2, 3]}]}, "do not fit"),
     ({"inputs": [{"name": "z", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, "unsupported datatype"),
     ({"inputs": [{"name": "z", "shape": [1], "datatype": "FP32", "data": ["a"]}]}, "not a numeric"),
+    ({"inputs": [{"name": "z", "shape": [1], "datatype": "INT8", "data": [300]}]}, "out of range for INT8"),
+    ({"inputs": [{"name": "z", "shape": [1], "datatype": "UINT8", "data": [-1]}]}, "out of range for UINT8"),
     ({"inputs": [{"name": "z", "shape": [-1], "datatype": "FP32", "data": [1]}]}, "shape"),
     ({"inputs": [{"name": "z", "shape": [1], "datatype": "FP32"}]}, "needs 'data'"),
     ({"inputs": [{"name": "z", "shape": [1], "datatype": "FP32", "data": [1]}],
@@ -134,3 +138,17 @@ def test_compression_both_ways() -> None:
     assert enc == "gzip" and gzip.decompress(body) == raw
     assert compress(raw, None) == (raw, None)
     assert compress(raw, "br") == (raw, None)
+
+
+def test_json_floats_beyond_fp32_become_infinity_as_in_binary_data() -> None:
+    doc = {"inputs": [{"name": "z", "shape": [2], "datatype": "FP32", "data": [1e300, -1e300]}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from the cast
+        z = decode_request(orjson.dumps(doc)).inputs["z"]
+    assert z.dtype == np.float32 and np.isposinf(z[0]) and np.isneginf(z[1])
+
+
+def test_an_integer_beyond_64_bits_is_a_codec_error() -> None:
+    doc = {"inputs": [{"name": "z", "shape": [1], "datatype": "INT64", "data": [2**70]}]}
+    with pytest.raises(CodecError, match="out of range for INT64"):
+        decode_request(json.dumps(doc).encode())  # orjson will not even write it; Python's json will
