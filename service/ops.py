@@ -115,10 +115,20 @@ def require(mv: ModelVersion, capability: str, why: str = "") -> None:
 
 
 async def _run(rt: Runner, mv: ModelVersion, graph: str, x: np.ndarray) -> list[np.ndarray]:
-    """One single-input graph; outputs in the manifest's order."""
+    """One single-input graph; outputs in the manifest's order, all finite.
+
+    Latents far outside the prior (finite float32 up to 3.4e38, or a huge temperature) overflow inside the
+    network, and a NaN would reach the answer as a JSON null or an undefined pixel: refused instead."""
     spec = mv.manifest.graphs[graph]
     out = await rt.infer(mv, graph, {spec.inputs[0].name: np.ascontiguousarray(x, dtype=np.float32)})
-    return [out[t.name] for t in spec.outputs]
+    outs = [out[t.name] for t in spec.outputs]
+    for t, a in zip(spec.outputs, outs, strict=True):
+        if not np.isfinite(a).all():
+            raise InvalidInput(
+                f"the {graph} of {mv.name!r} gives non-finite values ({t.name}: NaN or infinity) for these "
+                f"inputs: they are too far from what it was trained on (max |input| {np.abs(x).max():.3g})"
+            )
+    return outs
 
 
 def check_latents(mv: ModelVersion, z: np.ndarray, what: str = "latents") -> np.ndarray:

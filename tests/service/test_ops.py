@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 from storebuilder import run
@@ -232,3 +235,45 @@ def test_anomaly_vae_elbo_and_fanogan_use_the_score_definitions(runtime_store: E
     res = run(ops.anomaly_score(rt, gan, x))
     assert res.score == "fanogan"
     np.testing.assert_allclose(res.raw, expected, rtol=1e-5)
+
+
+class _NaNRunner:
+    """A runner whose every graph answers NaN: what a network gives for inputs it overflows on."""
+
+    async def infer(
+        self, mv: ModelVersion, graph: str, feeds: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        n = next(iter(feeds.values())).shape[0]
+        return {t.name: np.full((n, *(d if d > 0 else 1 for d in t.shape[1:])), np.nan, np.float32)
+                for t in mv.manifest.graphs[graph].outputs}
+
+
+def test_non_finite_model_outputs_are_refused_not_returned(runtime_store: Env) -> None:
+    _, store = runtime_store
+    mv = store.get("tiny-ae", "latest")
+    z = np.full((1, mv.manifest.latent.dim), 3e38, np.float32)
+    with pytest.raises(InvalidInput, match="non-finite.*3e\\+38"):
+        run(ops.decode(_NaNRunner(), mv, z))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="non-finite"):
+        run(ops.reconstruct(_NaNRunner(), mv, _images(1)))  # type: ignore[arg-type]
+
+
+ZOO_VAE = Path(__file__).resolve().parents[2] / "models_store" / "vae-digits"
+
+
+@pytest.mark.skipif(not ZOO_VAE.is_dir(), reason="the shipped zoo is not there")
+@pytest.mark.parametrize("accept", ["application/json", "image/png"])
+def test_the_shipped_vae_refuses_latents_it_overflows_on(accept: str) -> None:
+    """3e38 is a finite float32, but the digits VAE's decoder gives NaN for it: a 422, not JSON nulls or
+    undefined pixels (and no RuntimeWarning from casting NaN to a pixel)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    with TestClient(create_app(Settings(store=ZOO_VAE.parent))) as client, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        r = client.post("/v1/models/vae-digits/decode", json={"latents": [[3e38] * 8], "format": "png"},
+                        headers={"Accept": accept})
+        assert r.status_code == 422 and "non-finite" in r.json()["detail"], r.text[:300]
+        assert client.post("/v1/models/vae-digits/decode", json={"latents": [[3.0] * 8]}).status_code == 200
