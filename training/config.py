@@ -17,6 +17,7 @@ field and what it expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -70,6 +71,14 @@ class TrainConfig:
             raise ConfigError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
         if self.nll_k < 1 or self.prior_components < 1:
             raise ConfigError("nll_k and prior_components must be >= 1")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
+            raise ConfigError(f"min_delta must be >= 0, got {self.min_delta}")
+        for field_name in ("steps_per_epoch", "threads"):
+            value = getattr(self, field_name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{field_name} must be >= 1 (or left out), got {value}")
 
 
 # --- type checking of values ------------------------------------------------------------------------
@@ -241,7 +250,10 @@ def model_config(name: str, overrides: Mapping[str, Any], **fixed: Any) -> Any:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
     cls = REGISTRY[name].config
     values = {**typed_fields(cls, overrides, "model"), **fixed}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a family's own checks (__post_init__)
+        raise ConfigError(f"model: {exc}") from exc
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

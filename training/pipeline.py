@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,7 +140,21 @@ def run(spec: RunSpec, data: ImageSet | None = None) -> PipelineResult:
         shutdown_distributed(ctx)
 
 
+def check_store_writable(store: Path) -> None:
+    """Raise ConfigError unless a version could be published under `store` (created if missing): found out
+    before training, not after it."""
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=store, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"store {store}: cannot publish there ({exc.strerror or exc}); nothing was trained"
+                          ) from exc
+
+
 def _run(spec: RunSpec, cfg: TrainConfig, data: ImageSet | None, ctx: DistContext) -> PipelineResult:
+    if cfg.publish and ctx.is_main:
+        check_store_writable(Path(cfg.store))
     device = pick_device(cfg.device, ctx)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

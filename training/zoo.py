@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from training.config import RunSpec, TrainConfig
+from training.config import ConfigError, RunSpec, TrainConfig
 from training.data import load
 from training.models import REGISTRY
 from training.pipeline import PipelineResult, run
@@ -70,7 +70,7 @@ def build_zoo(store: Path, fresh: bool = False, only: list[str] | None = None,
     names = list(REGISTRY) if not only else only
     unknown = set(names) - set(REGISTRY)
     if unknown:
-        raise KeyError(f"unknown zoo models {sorted(unknown)}; known: {', '.join(REGISTRY)}")
+        raise ConfigError(f"unknown zoo models {sorted(unknown)}; known: {', '.join(REGISTRY)}")
     store.mkdir(parents=True, exist_ok=True)
     data = load(DATASET)
     entries: list[ZooEntry] = []

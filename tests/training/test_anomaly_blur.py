@@ -60,7 +60,7 @@ def test_anomaly_blur_is_published_and_served(tmp_path: Path, tiny_spec) -> None
 
 
 def test_negative_blur_is_refused_and_zero_is_the_plain_score() -> None:
-    with pytest.raises(ValueError, match="anomaly_blur must be >= 0"):
+    with pytest.raises(ValueError, match="anomaly_blur must be a finite number >= 0"):
         build("ae", anomaly_blur=-1.0)
     with pytest.raises(ConfigError, match="model.anomaly_blur"):
         model_config("ae", {"anomaly_blur": "wide"})

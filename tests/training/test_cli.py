@@ -64,6 +64,11 @@ def test_file_values_then_typed_overrides(cfg_file: Path) -> None:
         (["epochs", "3"], "expected --field value"),
         (["--data.path", "x"], "unknown section"),
         (["--epochs", "0"], "must be >= 1"),
+        (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
+        (["--lr", "nan"], "lr must be a finite number > 0"),
+        (["--threads", "0"], "threads must be >= 1"),
+        (["--steps_per_epoch", "0"], "steps_per_epoch must be >= 1"),
+        (["--min_delta", "-0.1"], "min_delta must be >= 0"),
     ],
 )
 def test_bad_flags_fail_clearly(cfg_file: Path, flags: list[str], message: str) -> None:
@@ -87,6 +92,57 @@ def test_bad_model_fields_and_files(tmp_path: Path, cfg_file: Path) -> None:
         resolve(bad)
     with pytest.raises(ConfigError, match="missing.toml"):
         resolve(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(("model", "fields", "message"), [
+    ("ae", {"latent_dim": "0"}, "model: latent_dim must be a finite number >= 1, got 0"),
+    ("ae", {"hidden": "0,5"}, "model: hidden widths must be >= 1"),
+    ("ae", {"channels": "32,-1"}, "model: channels widths must be >= 1"),
+    ("ae", {"lr": "0"}, "model: lr must be a finite number > 0"),
+    ("ae", {"weight_decay": "-1"}, "model: weight_decay must be a finite number >= 0"),
+    ("vae", {"sigma": "0"}, "model: sigma must be a finite number > 0"),
+    ("beta-vae", {"beta": "-1"}, "model: beta must be a finite number >= 0"),
+    ("ae-sparse-l1", {"l1": "-0.1"}, "model: l1 must be"),
+    ("ae-sparse-kl", {"rho": "1.5"}, "model: rho must be in \\(0, 1\\)"),
+    ("ae-denoising", {"corruption": "masking", "noise_level": "2"}, "fraction of pixels"),
+    ("ae-contractive", {"contractive": "-1"}, "model: contractive must be"),
+    ("aae", {"disc_hidden": "0"}, "model: disc_hidden widths"),
+    ("wae", {"prior_var": "0"}, "model: prior_var must be a finite number > 0"),
+    ("gan", {"disc_steps": "0"}, "model: disc_steps must be a finite number >= 1"),
+])
+def test_model_fields_out_of_range_fail_before_training(
+    model: str, fields: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        model_config(model, fields, input_shape=(1, 8, 8))
+
+
+def test_every_family_default_config_is_valid() -> None:
+    from training.models import REGISTRY
+
+    for name in REGISTRY:
+        model_config(name, {}, input_shape=(1, 8, 8))
+
+
+def test_an_unwritable_store_fails_before_training(cfg_file: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fit", str(cfg_file), "--store", str(blocker / "store"), "--run_dir", str(run_dir)])
+    assert exc.value.code == 2
+    assert "cannot publish there" in capsys.readouterr().err
+    assert not run_dir.exists()  # nothing was trained
+
+
+def test_data_errors_are_usage_errors_not_tracebacks(cfg_file: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    for flags, message in ((["--data", str(tmp_path / "nope")], "no such file or folder"),
+                           (["--normal_classes", "42"], "normal classes (42,) not all in the data")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["fit", str(cfg_file), "--publish", "false", *flags])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_parse_overrides_splits_sections() -> None:
@@ -151,5 +207,5 @@ def test_zoo_builds_names_reports_and_fresh_restarts_at_version_1(tmp_path: Path
     assert m.data.dataset == "digits" and m.training["split"]["fractions"] == [0.8, 0.1, 0.1]
     report = (store / "ZOO.md").read_text()
     assert "| ae-digits | ae | plain | 1 |" in report and "total build time" in report
-    with pytest.raises(KeyError, match="unknown zoo models"):
+    with pytest.raises(ConfigError, match="unknown zoo models"):
         zoo.build_zoo(store, only=["nope"])

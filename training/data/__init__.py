@@ -19,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from training.config import ConfigError
 
-class DataError(ValueError):
-    """A dataset could not be read; the message names the file and what is wrong."""
+
+class DataError(ConfigError):
+    """A dataset could not be read; the message names the file and what is wrong. A ConfigError, as the
+    data, split and normal_classes fields name it: the command line reports it as a usage error."""
 
 
 @dataclass(frozen=True)

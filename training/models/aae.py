@@ -11,13 +11,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.models.ae import AEConfig, AutoEncoder, sum_sq_error
-from training.models.base import ModelOutput, Stage
+from training.models.base import ModelOutput, Stage, check_fields
 
 
 @dataclass(frozen=True)
 class AAEConfig(AEConfig):
     disc_hidden: tuple[int, ...] = (128, 128)  # widths of the code discriminator
     adv_weight: float = 1.0  # weight of the encoder's adversarial loss in the "gen" phase
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, non_negative=("adv_weight",))
+        if any(w < 1 for w in self.disc_hidden):
+            raise ValueError(f"disc_hidden widths must be >= 1, got {self.disc_hidden}")
 
 
 def code_discriminator(latent_dim: int, hidden: tuple[int, ...]) -> nn.Module:

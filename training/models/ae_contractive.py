@@ -9,12 +9,16 @@ import torch
 from torch import Tensor
 
 from training.models.ae import AEConfig, AutoEncoder
-from training.models.base import ModelOutput
+from training.models.base import ModelOutput, check_fields
 
 
 @dataclass(frozen=True)
 class ContractiveConfig(AEConfig):
     contractive: float = 0.01  # lambda in ||x - D(E(x))||^2 + lambda * ||dh/dx||_F^2 (per image)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, non_negative=("contractive",))
 
 
 class ContractiveAE(AutoEncoder):

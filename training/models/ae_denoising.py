@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from training.models.ae import AEConfig, AutoEncoder
-from training.models.base import ModelOutput
+from training.models.base import ModelOutput, check_fields
 
 Corruption = Literal["gaussian", "masking", "salt-and-pepper"]
 
@@ -19,6 +19,13 @@ class DenoisingConfig(AEConfig):
     corruption: Corruption = "gaussian"
     # gaussian: noise std; masking: fraction of pixels set to 0; salt-and-pepper: fraction set to 0 or 1
     noise_level: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, non_negative=("noise_level",))
+        if self.corruption != "gaussian" and self.noise_level > 1:
+            raise ValueError(f"noise_level is a fraction of pixels for {self.corruption}: <= 1, got "
+                             f"{self.noise_level}")
 
 
 def corrupt(x: Tensor, kind: Corruption, level: float, generator: torch.Generator | None = None) -> Tensor:

@@ -10,11 +10,16 @@ import torch
 from torch import Tensor
 
 from training.models.ae import AEConfig, AutoEncoder
+from training.models.base import check_fields
 
 
 @dataclass(frozen=True)
 class SparseL1Config(AEConfig):
     l1: float = 0.05  # lambda in ||x - D(E(x))||^2 + lambda * sum_j |z_j| (per image)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, non_negative=("l1",))
 
 
 class SparseL1AE(AutoEncoder):
@@ -31,6 +36,12 @@ class SparseL1AE(AutoEncoder):
 class SparseKLConfig(AEConfig):
     rho: float = 0.1  # target mean activation of each sigmoid code unit
     kl_weight: float = 0.5  # lambda in front of sum_j KL(rho || rho_hat_j)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, non_negative=("kl_weight",))
+        if not 0 < self.rho < 1:
+            raise ValueError(f"rho must be in (0, 1), got {self.rho}")
 
 
 def bernoulli_kl(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> Tensor:

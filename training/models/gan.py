@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from training.models.ae import _Decode, _Encode
 from training.models.backbones import make_decoder, make_encoder
-from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput, Stage
+from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput, Stage, check_fields
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class GANConfig(ModelConfig):
     # gamma of the R1 penalty (gamma/2) E||grad_x D(x)||^2 on real images (Mescheder et al., 2018): it keeps
     # a small D from winning outright, which with Adam's default betas otherwise ends in mode collapse
     r1: float = 10.0  # measured on digits: encoder recon MSE 0.148 (r1=0), 0.038 (r1=1), 0.030 (r1=10)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, at_least_one=("disc_steps", "encoder_epochs"), non_negative=("kappa", "r1"))
 
 
 def generator_loss(fake_logits: Tensor) -> Tensor:

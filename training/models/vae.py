@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from training.models.ae import _Decode
 from training.models.backbones import make_decoder, make_encoder
-from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput
+from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput, check_fields
 
 Likelihood = Literal["bernoulli", "gaussian"]
 #: What `sample` draws codes from. "normal": N(0, I), the prior of the ELBO. "gaussian" / "gmm": a density
@@ -38,6 +38,7 @@ class VAEConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_fields(self, positive=("sigma",), non_negative=("beta",))
         if self.prior not in VAE_PRIORS:  # the TOML/CLI path checks the Literal; direct construction too
             raise ValueError(f"unknown VAE prior {self.prior!r}; choose one of {', '.join(VAE_PRIORS)}")
 

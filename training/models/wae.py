@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 
 from training.models.ae import AEConfig, AutoEncoder
+from training.models.base import check_fields
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,12 @@ class WAEConfig(AEConfig):
     mmd_weight: float = 10.0  # lambda in ||x - D(E(x))||^2 + lambda * MMD(q(z), N(0, I))
     prior_var: float = 1.0  # sigma^2 of the N(0, sigma^2 I) prior, which sets the kernel's scale
     scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # the paper's sum over kernel widths
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, non_negative=("mmd_weight",), positive=("prior_var",))
+        if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):
+            raise ValueError(f"scales must be finite numbers > 0, got {self.scales}")
 
 
 def _sq_dist(a: Tensor, b: Tensor) -> Tensor:
