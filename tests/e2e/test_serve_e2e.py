@@ -97,3 +97,21 @@ def test_sigterm_stops_the_server_cleanly(server: tuple[str, subprocess.Popen[by
     assert proc.wait(20) in (0, -signal.SIGTERM)
     out = proc.stdout.read().decode() if proc.stdout else ""
     assert "Traceback" not in out, out
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"LATENTSERVE_PORT": "abc"},
+     ["bad settings:", "LATENTSERVE_PORT='abc': Input should be a valid integer"]),
+    ({"LATENTSERVE_MAX_BATCH_SIZE": "0", "LATENTSERVE_BATCHING": "maybe"},
+     ["LATENTSERVE_MAX_BATCH_SIZE='0'", "LATENTSERVE_BATCHING='maybe'"]),
+    ({"LATENTSERVE_STORE": "/nonexistent/store"}, ["models store /nonexistent/store is not a directory"]),
+])
+def test_bad_settings_are_one_clear_error_and_exit_2(env: dict[str, str], expected: list[str]) -> None:
+    """Operators get every bad LATENTSERVE_* variable named, not a traceback, before anything binds."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LATENTSERVE_")}
+    proc = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env={**base, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
