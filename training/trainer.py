@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from training.config import TrainConfig, to_dict
+from training.config import ConfigError, TrainConfig, to_dict
 from training.data import Splits
 from training.models.base import GenerativeModel, Stage
 
@@ -267,7 +267,19 @@ class Trainer:
         path = self._checkpoint_path()
         if not self.cfg.resume or path is None or not path.exists():
             return None
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # truncated, not a torch file, or pickled objects weights_only refuses
+            first = str(exc).splitlines()[0][:160] if str(exc) else ""
+            raise ConfigError(f"cannot resume: {path} is unreadable ({type(exc).__name__}: {first}); "
+                              f"remove it or use another --run_dir") from exc
+        mine = {"model": self.cfg.model, **to_dict(self.model.cfg)}
+        theirs = {"model": ckpt.get("model_name"), **ckpt.get("model_config", {})}
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if changed:
+            diffs = ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now" for k in changed)
+            raise ConfigError(f"cannot resume: {path} holds another model ({diffs}); remove it, use another "
+                              f"--run_dir, or resume without changing the model")
         self.model.load_state_dict(ckpt["model"])
         for p, o in self.optimisers.items():
             o.load_state_dict(ckpt["optimisers"][p])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.data import Splits, split, synthetic
 from training.models import REGISTRY, build
 from training.models.base import GenerativeModel
@@ -165,3 +165,22 @@ def test_progress_bar_shows_loss_terms_on_a_tty_only(splits: Splits, monkeypatch
     out = sys.stderr.getvalue()  # type: ignore[attr-defined]
     monkeypatch.undo()
     assert "rec=" not in out
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_or_an_unreadable_one(
+    splits: Splits, tmp_path: Path
+) -> None:
+    """A changed model (latent_dim here) or a damaged file is a one-line usage error before any training,
+    not a state_dict size-mismatch traceback."""
+    run = tmp_path / "run"
+    Trainer(make("ae"), config(epochs=1), run).fit(splits)
+    other = build("ae", hidden=(32, 16), latent_dim=3)
+    with pytest.raises(ConfigError, match=r"holds another model \(latent_dim: 4 there, 3 now\)"):
+        Trainer(other, config(epochs=2, resume=True), run).fit(splits)
+    with pytest.raises(ConfigError, match=r"model: 'ae' there, 'vae' now"):
+        Trainer(build("vae", hidden=(32, 16), latent_dim=4), config(model="vae", epochs=2, resume=True),
+                run).fit(splits)
+    Trainer(make("ae"), config(epochs=2, resume=True), run).fit(splits)  # the same model resumes
+    (run / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="unreadable"):
+        Trainer(make("ae"), config(epochs=3, resume=True), run).fit(splits)
