@@ -42,9 +42,16 @@ class ExportError(RuntimeError):
 class TritonOptions:
     """Knobs of the generated config.pbtxt (Triton's names, so operators recognise them)."""
 
-    max_batch_size: int = 64  # the largest batch Triton may form; our graphs have a dynamic batch dim 0
+    # the largest batch Triton may form (our graphs have a dynamic batch dim 0); 0: Triton does not batch,
+    # dims then include the batch dim (-1) and there is no dynamic_batching block
+    max_batch_size: int = 64
     max_queue_delay_us: int = 1000  # dynamic_batching: how long Triton waits to fill a batch
     all_versions: bool = True  # version_policy all (like our /versions/{v}); False: latest only
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 0 or self.max_queue_delay_us < 0:
+            raise ExportError(f"max_batch_size and max_queue_delay_us must be >= 0, got "
+                              f"{self.max_batch_size} and {self.max_queue_delay_us}")
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,9 @@ def _signature(g: GraphSpec) -> tuple:
             tuple((t.name, t.dtype, tuple(t.shape[1:])) for t in g.outputs))
 
 
-def _dims(shape: list[int]) -> str:
-    return ", ".join(str(d) for d in shape[1:])  # Triton's dims exclude the batch dim when max_batch_size > 0
+def _dims(shape: list[int], batching: bool) -> str:
+    # Triton's dims exclude the batch dim when max_batch_size > 0, and are the whole shape when it is 0
+    return ", ".join(str(d) for d in (shape[1:] if batching else shape))
 
 
 def config_pbtxt(name: str, graph: GraphSpec, opts: TritonOptions) -> str:
@@ -70,7 +78,7 @@ def config_pbtxt(name: str, graph: GraphSpec, opts: TritonOptions) -> str:
     def tensors(kind: str, specs: list) -> str:
         rows = [
             f'  {{\n    name: "{t.name}"\n    data_type: {TRITON_DTYPES[t.dtype]}\n'
-            f"    dims: [ {_dims(t.shape)} ]\n  }}"
+            f"    dims: [ {_dims(t.shape, opts.max_batch_size > 0)} ]\n  }}"
             for t in specs
         ]
         return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
@@ -83,7 +91,8 @@ def config_pbtxt(name: str, graph: GraphSpec, opts: TritonOptions) -> str:
         + f"version_policy: {{ {policy} }}\n"
         + tensors("input", graph.inputs)
         + tensors("output", graph.outputs)
-        + f"dynamic_batching {{\n  max_queue_delay_microseconds: {opts.max_queue_delay_us}\n}}\n"
+        + (f"dynamic_batching {{\n  max_queue_delay_microseconds: {opts.max_queue_delay_us}\n}}\n"
+           if opts.max_batch_size > 0 else "")
     )
 
 
@@ -196,7 +205,10 @@ def export_repository(
         if unknown:
             raise ExportError(f"not in the store {store}: {', '.join(unknown)}")
         names = [n for n in names if n in models]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot write the repository at {out}: {exc.strerror or exc}") from exc
     done: list[Exported] = []
     for name in names:
         versions = version_numbers(store / name)
@@ -224,9 +236,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `python -m training export-triton`."""
-    opts = TritonOptions(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-                         all_versions=not args.latest_only)
     try:
+        opts = TritonOptions(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+                             all_versions=not args.latest_only)
         done = export_repository(args.store, args.out, opts, args.models)
     except ExportError as exc:
         log.error("%s", exc)

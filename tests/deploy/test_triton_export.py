@@ -137,6 +137,21 @@ def test_config_text_is_stable() -> None:
         "vae-mnist.decoder", 8, [16], [1, 28, 28])
 
 
+def test_max_batch_size_0_means_no_batching_and_full_dims() -> None:
+    """Triton's rule: with max_batch_size 0 the dims are the whole shape and dynamic batching is absent."""
+    from service.store import GraphSpec, TensorSpec
+
+    g = GraphSpec(file="decoder.onnx", inputs=[TensorSpec(name="z", shape=[-1, 16])],
+                  outputs=[TensorSpec(name="x_hat", shape=[-1, 1, 28, 28])])
+    cfg = text_format.Parse(config_pbtxt("m.decoder", g, TritonOptions(max_batch_size=0)),
+                            model_config_pb2.ModelConfig())
+    assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
+    assert (list(cfg.input[0].dims), list(cfg.output[0].dims)) == ([-1, 16], [-1, 1, 28, 28])
+    for bad in ({"max_batch_size": -1}, {"max_queue_delay_us": -5}):
+        with pytest.raises(ExportError, match="must be >= 0"):
+            TritonOptions(**bad)
+
+
 def test_cli_export_triton(onnx_store: Path, tmp_path: Path) -> None:
     """`python -m training export-triton` is the documented entry point (the trainer CLI dispatches to it)."""
     out = tmp_path / "triton"
@@ -148,6 +163,12 @@ def test_cli_export_triton(onnx_store: Path, tmp_path: Path) -> None:
     r = subprocess.run([PYTHON, "-m", "training", "export-triton", "--store", str(tmp_path / "nope"),
                         "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for flags, message in ((["--out", str(a_file)], "cannot write the repository"),
+                           (["--out", str(out), "--max-batch-size", "-1"], "must be >= 0")):
+        r = subprocess.run([*cmd[:-2], *flags], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
 def _docs_snippet() -> str:
