@@ -535,7 +535,9 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float],
         paired, v = "", best
         if pairs:
             v = statistics.median(pairs)
-            paired = f"{v:.2f} ({min(pairs):.2f} to {max(pairs):.2f}, {len(pairs)} pairs)"
+            # three decimals where two would round onto the target and hide which side it is on
+            digits = 3 if round(v, 2) == target and v != target else 2
+            paired = f"{v:.{digits}f} ({min(pairs):.2f} to {max(pairs):.2f}, {len(pairs)} pairs)"
         met = v > target if strict else v >= target
         lines.append(
             f"| {name} | {c} | {best:.2f} | {paired} | {cpu:.2f} | {'>' if strict else '>='} {target:g} | "

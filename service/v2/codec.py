@@ -135,6 +135,8 @@ def _decode_input(t: Any, binary: memoryview, offset: int) -> tuple[str, np.ndar
         raise CodecError(f"input {name!r}: data is not a numeric {dt_name} array") from exc
     if arr.size != count:
         raise CodecError(f"input {name!r}: {arr.size} elements do not fit shape {list(shape)}")
+    if arr.dtype.kind == "f" and np.isnan(arr).any():  # JSON has no NaN: a null became one
+        raise CodecError(f"input {name!r}: data holds null, not a number")
     return name, arr.reshape(shape), offset
 
 
@@ -206,7 +208,12 @@ def encode_response(
             head["parameters"] = {"binary_data_size": raw.nbytes}
             blobs.append(raw.reshape(-1).view(np.uint8).data)  # a buffer over the array, no copy
         else:
-            head["data"] = np.ascontiguousarray(arr).reshape(-1)
+            flat = np.ascontiguousarray(arr).reshape(-1)
+            if flat.dtype.kind == "f" and not np.isfinite(flat).all():  # JSON has no NaN or infinity
+                raise CodecError(f"output {o.name!r} holds NaN or infinite values, which JSON cannot carry "
+                                 f"(the inputs may be far outside what the model was trained on); ask for it "
+                                 f"as binary data to receive them")
+            head["data"] = flat
         heads.append(head)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": heads}
     if request.id is not None:

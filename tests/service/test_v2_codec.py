@@ -152,3 +152,18 @@ def test_an_integer_beyond_64_bits_is_a_codec_error() -> None:
     doc = {"inputs": [{"name": "z", "shape": [1], "datatype": "INT64", "data": [2**70]}]}
     with pytest.raises(CodecError, match="out of range for INT64"):
         decode_request(json.dumps(doc).encode())  # orjson will not even write it; Python's json will
+
+
+def test_json_null_data_is_refused_and_non_finite_outputs_go_binary_only() -> None:
+    doc = {"inputs": [{"name": "z", "shape": [2], "datatype": "FP32", "data": [None, 1.0]}]}
+    with pytest.raises(CodecError, match="null, not a number"):
+        decode_request(json.dumps(doc).encode())
+    ok = {"inputs": [{"name": "z", "shape": [2], "datatype": "FP32", "data": [0.0, 1.0]}]}
+    outputs = {"x": np.array([np.nan, 1.0], np.float32)}
+    with pytest.raises(CodecError, match="JSON cannot carry"):
+        encode_response("m", "1", outputs, decode_request(orjson.dumps(ok)))
+    ok["outputs"] = [{"name": "x", "parameters": {"binary_data": True}}]
+    body, head_len = encode_response("m", "1", outputs, decode_request(orjson.dumps(ok)))
+    assert head_len is not None
+    got = np.frombuffer(body[head_len:], np.float32)
+    assert np.isnan(got[0]) and got[1] == 1.0
