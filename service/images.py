@@ -263,4 +263,4 @@ def grid_png(
         canvas[y : y + h, x : x + w] = tiles[i][..., :c]
     if scale > 1:  # nearest neighbour: every pixel becomes a scale x scale block
         canvas = np.repeat(np.repeat(canvas, scale, axis=0), scale, axis=1)
-    return encode_png(canvas[..., 0] if c == 1 else canvas)
+    return encode_png(_plane(canvas))

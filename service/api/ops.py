@@ -159,8 +159,7 @@ def endpoint(
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """An interpolation end: a latent (flat list of numbers) or exactly one image (with its conversions)."""
     if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
-        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused as not finite in ops
-            return np.asarray(value, dtype=np.float32), []  # (D,) latent; checked in ops
+        return np.asarray(value, dtype=np.float64), []  # (D,) latent; ops.check_latents makes it float32
     parsed = parse(value, mv, settings, strict, what)
     if len(parsed.array) != 1:
         raise InvalidInput(f"{what} must be one latent or one image, got {len(parsed.array)} images")
@@ -198,8 +197,7 @@ async def decode(
     """Decode latent codes to images."""
     mv = store.get(name, version)
     try:
-        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused as not finite in ops
-            z = np.asarray(body.latents, dtype=np.float32)
+        z = np.asarray(body.latents, dtype=np.float64)  # ops.check_latents makes it float32
     except ValueError as exc:
         raise InvalidInput("latents must be a rectangular (N, latent_dim) array of numbers") from exc
     if z.ndim == 2 and len(z) > settings.max_items:

@@ -21,9 +21,7 @@ class AAEConfig(AEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, non_negative=("adv_weight",))
-        if any(w < 1 for w in self.disc_hidden):
-            raise ValueError(f"disc_hidden widths must be >= 1, got {self.disc_hidden}")
+        check_fields(self, non_negative=("adv_weight",), widths=("disc_hidden",))
 
 
 def code_discriminator(latent_dim: int, hidden: tuple[int, ...]) -> nn.Module:

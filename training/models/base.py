@@ -42,23 +42,24 @@ class ModelConfig:
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be three sizes >= 1 (C, H, W), got {self.input_shape}")
         check_fields(self, at_least_one=("latent_dim",), positive=("lr",),
-                     non_negative=("weight_decay", "anomaly_blur"))
-        for name in ("hidden", "channels"):
-            widths = getattr(self, name)
-            if any(w < 1 for w in widths):
-                raise ValueError(f"{name} widths must be >= 1, got {widths}")
+                     non_negative=("weight_decay", "anomaly_blur"), widths=("hidden", "channels"))
 
 
 def check_fields(cfg: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
-                 at_least_one: tuple[str, ...] = ()) -> None:
-    """Raise ValueError naming the first field of `cfg` out of its range (numbers must also be finite).
-    Families call it from their `__post_init__`, after the base class's checks."""
+                 at_least_one: tuple[str, ...] = (), widths: tuple[str, ...] = ()) -> None:
+    """Raise ValueError naming the first field of `cfg` out of its range (numbers must also be finite;
+    `widths` are tuples of layer sizes, each >= 1). Families call it from their `__post_init__`, after the
+    base class's checks."""
     for names, ok, what in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
                             (at_least_one, lambda v: v >= 1, ">= 1")):
         for name in names:
             value = getattr(cfg, name)
             if value is not None and not (math.isfinite(value) and ok(value)):
                 raise ValueError(f"{name} must be a finite number {what}, got {value}")
+    for name in widths:
+        sizes = getattr(cfg, name)
+        if any(w < 1 for w in sizes):
+            raise ValueError(f"{name} widths must be >= 1, got {sizes}")
 
 
 @dataclass
