@@ -10,8 +10,8 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from service import shutdown
 from service.app import create_app
+from service.http import server
 from service.settings import Settings, get_settings
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     )
     # Graceful shutdown (service.shutdown): readiness drops at SIGTERM, in-flight requests finish,
     # and the process exits within settings.shutdown_grace_s.
-    shutdown.serve(create_app(settings), settings)
+    server.serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,18 @@
-"""The FastAPI application factory. Nothing loads at import time: the lifespan opens the store and runtime.
+"""The application factory. Nothing loads at import time: the lifespan opens the store and runtime.
 
-Routers are listed once, in ROUTERS; add yours there.
+A request passes, outermost first (service.http has each piece):
+
+    ServedBy         X-Served-By: which replica answered
+    MetricsMiddleware HTTP latency per route template, in-flight count
+    DrainMiddleware  Connection: close once a shutdown signal arrived
+    AccessGuard      keys and model names, before a body byte is read
+    Deadline         408 while the body uploads, 504 before the answer starts
+    BodyLimit        the body, read once, up to max_body_bytes
+    routes           the operations table (every POST: the /v1 operations, V2 infer, the repository), then
+                     FastAPI's GET routes (health, metrics, the registry, V2 metadata) and the playground
+
+Every error, from whichever layer, is rendered by service.http.problems. Header limits act before all of
+this, in the HTTP protocol (service.http.headers, wired by service.http.server).
 """
 
 from __future__ import annotations
@@ -13,14 +25,17 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
 
-from service import limits, security, shutdown
 from service import reload as hot_reload
-from service.api import health, models, ops, playground
-from service.api.lean import HotIndex
-from service.errors import install_handlers
-from service.metrics import Metrics, MetricsMiddleware
-from service.metrics import router as metrics_router
-from service.replica import ServedBy
+from service.api import health, models, playground
+from service.api.table import ADMIN_TABLE, TABLE
+from service.http import openapi, problems, table
+from service.http.access import AccessGuard, parse_keys
+from service.http.body import BodyLimit
+from service.http.deadline import Deadline
+from service.http.drain import DrainMiddleware
+from service.http.replica import ServedBy
+from service.http.timing import MetricsMiddleware
+from service.metrics import Metrics
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 from service.store.repository import ModelStore
@@ -28,14 +43,12 @@ from service.v2 import router as v2
 
 log = logging.getLogger(__name__)
 
-#: Every router of the app, in the order they are mounted.
+#: The GET routers of the app, in the order they are mounted (after the operations table).
 ROUTERS: list[APIRouter] = [
     health.router,
+    health.metrics_router,
     models.router,
-    ops.router,
     v2.router,
-    v2.admin_router,
-    metrics_router,
     playground.router,
 ]
 
@@ -48,7 +61,7 @@ Errors are RFC 9457 problem+json."""
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
-    received = getattr(app.state, "requests_received", None)  # set by service.shutdown's server
+    received = getattr(app.state, "requests_received", None)  # set by service.http.server
 
     def alone() -> bool:
         """No other request inside the app, nor (under our uvicorn server) received and waiting its turn."""
@@ -76,20 +89,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = app.state.runtime = None
     app.state.ready = False
-    install_handlers(app)
-    # Hardening (issue 8), innermost first: body size + deadline; the access guard outside them, so an
-    # unauthenticated client is answered before a single body byte is read; the drain flag outermost.
-    limits.install(app, settings)
-    security.install(app, settings)
-    shutdown.install(app, settings)
+    app.state.draining = False
     app.state.metrics = Metrics()  # one registry per app, so tests can build many
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    problems.install(app)
+    rows = TABLE + (ADMIN_TABLE if parse_keys(settings.admin_key) else [])
     for router in ROUTERS:
         app.include_router(router)
-    # The hot POSTs (the operations, V2 infer) are found through an index placed before the router walk.
-    app.router.routes.insert(0, HotIndex([r for router in (ops.router, v2.router) for r in router.routes]))
+    table.mount(app, rows)  # first in the router: the hot POSTs match before anything else
     admin = hot_reload.admin_router(settings.admin_key)  # POST /admin/reload, only with an admin key
     if admin is not None:
         app.include_router(admin)
-    app.add_middleware(ServedBy)  # X-Served-By: which replica answered (behind a load balancer)
+    openapi.install(app, rows, settings.api_keys, settings.admin_key)
+    # Middleware, innermost first: each add_middleware wraps what is already there.
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Deadline, timeout_s=settings.request_timeout_s)
+    app.add_middleware(AccessGuard, api_keys=settings.api_keys, admin_key=settings.admin_key)
+    app.add_middleware(DrainMiddleware, owner=app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(ServedBy)
     return app

@@ -1,40 +1,36 @@
-"""Domain errors of the service, translated to HTTP once, as RFC 9457 problem details.
+"""Errors of the service, as one tree. Each carries its HTTP status and an RFC 9457 `type` slug, and nothing
+else of HTTP: `service.http.problems` renders every one of them, once, as problem+json on /v1 or
+`{"error": ...}` on /v2.
 
     ServiceError                      500  internal-error      (base; never raised bare for a request)
     ├── ModelNotFound                 404  model-not-found     unknown model or version, or an invalid name
+    ├── RouteNotFound                 404  about:blank         no route has this path
+    ├── MethodNotAllowed              405  about:blank         the route exists, the method does not
     ├── InvalidInput                  422  invalid-input       wrong shapes, NaN/inf, out of range, bad image
-    │   └── MalformedRequest          400  malformed-request   body is not JSON / not a form at all
+    │   └── MalformedRequest          400  malformed-request   not JSON / not a form / not a V2 request at all
     ├── CapabilityMissing             409  capability-missing  the model exists but cannot do this operation
-    ├── PayloadTooLarge               413  payload-too-large   body bytes, items per request, image pixels
+    ├── PayloadTooLarge               413  payload-too-large   body bytes, items, image pixels, pixel budget
+    ├── HeadersTooLarge               431  headers-too-large   request headers over their size or count limit
     ├── Unauthorized                  401  unauthorized        missing or wrong API key
+    ├── RequestTimeout                408  request-timeout     the client did not send its request in time
     ├── InferenceFailed               500  inference-failed    the runtime failed on valid input
     ├── Overloaded                    503  overloaded          queue full (sets Retry-After)
-    │   └── NotReady                  503  not-ready           the store is not open yet
+    │   └── NotReady                  503  not-ready           the store is not open yet, or a model unloaded
     └── Timeout                       504  timeout             the request ran past request_timeout_s
 
 CapabilityMissing is 409 (Conflict), not 422: the request itself is well-formed, it is the target model's
 state (its published graphs) that cannot serve it, and clients can tell "fix your input" (422) apart from
 "pick another model" (409).
 
-The domain layer raises these; only `install_handlers` knows about HTTP. FastAPI's validation errors,
-malformed JSON, unknown routes and unexpected exceptions become problem+json too (the last one a generic 500
-with no traceback).
+The domain raises these; library errors (pydantic, Pillow, onnxruntime) are translated where they are caught,
+with `raise X(...) from exc`. An error that is none of these is a generic 500 with no traceback in the body.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:latentserve:problem:"
 
 
@@ -51,7 +47,7 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
         if status is not None:
-            self.status = status  # type: ignore[misc]  # per-instance override (e.g. 400 vs 422)
+            self.status = status  # type: ignore[misc]  # per-instance override
         self.headers = headers or {}
         self.extra = extra
 
@@ -62,6 +58,22 @@ class ServiceError(Exception):
 
 class ModelNotFound(ServiceError):
     status, slug, title = 404, "model-not-found", "Model not found"
+
+
+class _Plain(ServiceError):
+    """An error about the HTTP request itself rather than a resource: RFC 9457's `about:blank` type."""
+
+    @property
+    def type(self) -> str:
+        return "about:blank"
+
+
+class RouteNotFound(_Plain):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(_Plain):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
 
 
 class InvalidInput(ServiceError):
@@ -84,11 +96,19 @@ class PayloadTooLarge(ServiceError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
 
+class HeadersTooLarge(ServiceError):
+    status, slug, title = 431, "headers-too-large", "Request header fields too large"
+
+
 class Unauthorized(ServiceError):
     status, slug, title = 401, "unauthorized", "Unauthorized"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="latentserve"'})
+    def __init__(self, detail: str, challenge: str = 'Bearer realm="latentserve"') -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class RequestTimeout(ServiceError):
+    status, slug, title = 408, "request-timeout", "Request timeout"
 
 
 class InferenceFailed(ServiceError):
@@ -108,78 +128,3 @@ class NotReady(Overloaded):
 
 class Timeout(ServiceError):
     status, slug, title = 504, "timeout", "Request timed out"
-
-
-def problem_response(
-    request: Request,
-    status: int,
-    type_: str,
-    title: str,
-    detail: str,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
-    """The one place that shapes an RFC 9457 body."""
-    body = {"type": type_, "title": title, "status": status, "detail": detail, "instance": request.url.path}
-    body.update(extra)
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
-
-
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    """Pydantic's error list without the echoed input (it can be megabytes of pixels)."""
-    return [
-        {
-            "loc": [str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
-        }
-        for e in exc.errors()
-    ][:20]
-
-
-async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
-        log.warning("%s on %s: %s", type(exc).__name__, request.url.path, exc.detail)
-    return problem_response(request, exc.status, exc.type, exc.title, exc.detail, exc.headers, **exc.extra)
-
-
-async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = _validation_errors(exc)
-    if any(e["type"] == "json_invalid" for e in errors):
-        bad = MalformedRequest("request body is not valid JSON")
-        return problem_response(request, bad.status, bad.type, bad.title, bad.detail, errors=errors)
-    loc, msg = (errors[0]["loc"], str(errors[0]["msg"])) if errors else ([], "invalid request")
-    err = InvalidInput(f"{'.'.join(loc)}: {msg}" if loc else msg)
-    return problem_response(request, err.status, err.type, err.title, err.detail, errors=errors)
-
-
-async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    path = request.url.path
-    if path == "/v2" or path.startswith("/v2/"):  # V2 error shape (issue 8 fuzzing)
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code, dict(exc.headers or {}))
-    title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-    return problem_response(
-        request, exc.status_code, "about:blank", title, str(exc.detail), dict(exc.headers or {})
-    )
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s", request.url.path, exc_info=exc)
-    return problem_response(
-        request,
-        500,
-        TYPE_PREFIX + "internal-error",
-        "Internal error",
-        "an unexpected error occurred; it has been logged",
-    )
-
-
-def install_handlers(app: FastAPI) -> None:
-    """Register the translations from exceptions to problem+json."""
-    app.add_exception_handler(ServiceError, _on_service_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,10 +1,18 @@
-"""Images in and out: JSON arrays, base64 PNG/JPEG strings and PNG grids, checked before they reach a model.
+"""Images in and out: JSON arrays, base64 PNG/JPEG strings, uploaded files, and PNG grids out.
 
-In: nested arrays (N, C, H, W), (N, H, W) or one (H, W) image with values in the model's range; or base64
-PNG/JPEG strings (a `data:` URL prefix is allowed). Other sizes and channel counts are converted to the
-model's and each conversion is reported; `strict` refuses them instead. NaN/inf, values out of range,
-undecodable images, too many items and decompression bombs (judged from the header's declared size, before
-decoding) are refused with a domain error.
+In: nested arrays (N, C, H, W), (N, H, W) or one (H, W) image with values in the model's range; or PNG/JPEG
+images as base64 strings (a `data:` URL prefix is allowed) or raw bytes (multipart uploads). Other sizes and
+channel counts are converted to the model's and each conversion is reported; `strict` refuses them instead.
+NaN/inf, values out of range and undecodable images are refused with a domain error.
+
+Images are read in two passes, so that no request can stall the server or take memory beyond a budget:
+1. headers: every image's declared size is read (lazily, nothing decoded) and checked against the per-image
+   limit and the per-request budget of decoded pixels (`max_request_pixels`); animations and modes that
+   cannot be read faithfully are refused;
+2. pixels: decoded, on the event loop when the request is tiny, else in a worker thread (at most
+   DECODERS at once). An image much larger than the model is reduced while it is decoded (JPEG: the
+   decoder's DCT scaling, `draft`; PNG: `reduce` on the 8-bit image), so it is never materialised at full
+   size as float32. Uploads are turned upright by their EXIF orientation.
 
 Out: JSON arrays, base64 PNG strings, or one PNG grid.
 """
@@ -15,14 +23,17 @@ import base64
 import binascii
 import io
 import math
+import os
 import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidInput, PayloadTooLarge
 from service.store.manifest import DataSpec
@@ -30,6 +41,12 @@ from service.store.manifest import DataSpec
 _MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
 _RANGE_TOL = 1e-6  # float noise from clients that computed their pixels
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Requests with at most this many declared pixels in all are decoded on the event loop: a worker thread's
+#: hand-off costs more than decoding a few digits.
+INLINE_PIXELS = 64 * 64 * 16
+#: Image decodes running at once, over all requests: bounds the memory that full-size decodes take.
+DECODERS = max(1, min(4, os.cpu_count() or 1))
+_decoders: anyio.CapacityLimiter | None = None
 
 
 @dataclass
@@ -41,22 +58,65 @@ class ParsedImages:
 @dataclass(frozen=True)
 class ImageLimits:
     max_items: int
-    max_pixels: int
+    max_pixels: int  # per image, as declared in its header
     strict: bool = False
+    max_request_pixels: int = 0  # all images of a request together; 0: max_items * max_pixels
+
+
+@dataclass
+class _Encoded:
+    """One PNG/JPEG whose header has been read, not its pixels."""
+
+    index: int
+    image: Image.Image
 
 
 # --- in -----------------------------------------------------------------------------------------
+async def read_images(value: Any, data: DataSpec, limits: ImageLimits, what: str = "images") -> ParsedImages:
+    """`parse_images`, with the pixels of all but tiny requests decoded in a worker thread."""
+    global _decoders
+    encoded = _headers(value, limits, what)
+    if encoded is None or sum(e.image.width * e.image.height for e in encoded) <= INLINE_PIXELS:
+        return _pixels(value, encoded, data, limits, what)
+    if _decoders is None:
+        _decoders = anyio.CapacityLimiter(DECODERS)
+    return await anyio.to_thread.run_sync(_pixels, value, encoded, data, limits, what, limiter=_decoders)
+
+
 def parse_images(value: Any, data: DataSpec, limits: ImageLimits, what: str = "images") -> ParsedImages:
     """Turn a request's `images` value into a checked (N, C, H, W) float32 array in the model's format."""
+    return _pixels(value, _headers(value, limits, what), data, limits, what)
+
+
+def _headers(value: Any, limits: ImageLimits, what: str) -> list[_Encoded] | None:
+    """Pass 1: the encoded images of `value` with their headers checked; None when `value` holds arrays."""
     if isinstance(value, (str, bytes)):
         value = [value]
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{what} must be a non-empty array of pixel values or of base64 images")
-    if all(isinstance(v, (str, bytes)) for v in value):
-        _check_count(len(value), limits, what)
-        items = [_decode_image(v, i, data, limits) for i, v in enumerate(value)]
-    elif any(isinstance(v, (str, bytes)) for v in value):
+    if not any(isinstance(v, (str, bytes)) for v in value):
+        return None
+    if not all(isinstance(v, (str, bytes)) for v in value):
         raise InvalidInput(f"{what} mixes base64 strings and arrays; send one kind per request")
+    _check_count(len(value), limits, what)
+    budget = limits.max_request_pixels or limits.max_items * limits.max_pixels
+    out, total = [], 0
+    for i, v in enumerate(value):
+        e = _Encoded(i, _open(_b64(v, i), i, limits))
+        total += e.image.width * e.image.height
+        if total > budget:
+            raise PayloadTooLarge(
+                f"the images of this request declare {total}+ pixels in all; the limit is {budget} pixels "
+                "per request (send fewer or smaller images)", limit=budget)
+        out.append(e)
+    return out
+
+
+def _pixels(value: Any, encoded: list[_Encoded] | None, data: DataSpec, limits: ImageLimits,
+            what: str) -> ParsedImages:
+    """Pass 2: decode (or read the arrays), convert to the model's format, and stack."""
+    if encoded is not None:
+        items = [_decode(e, data) for e in encoded]
     else:
         items = _array_items(value, data, what)
         _check_count(len(items), limits, what)
@@ -79,6 +139,8 @@ def _check_count(n: int, limits: ImageLimits, what: str) -> None:
 def _array_items(value: list[Any], data: DataSpec, what: str) -> list[tuple[np.ndarray, str]]:
     try:
         arr = np.asarray(value, dtype=np.float64)
+    except OverflowError as exc:  # an integer of hundreds of digits
+        raise InvalidInput(f"{what} holds a number beyond the float range") from exc
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"{what} is not a rectangular array of numbers") from exc
     if arr.ndim == 2:  # one (H, W) image
@@ -100,13 +162,12 @@ def _array_items(value: list[Any], data: DataSpec, what: str) -> list[tuple[np.n
     return [(a, "array") for a in arr]
 
 
-def _decode_image(s: str | bytes, index: int, data: DataSpec, limits: ImageLimits) -> tuple[np.ndarray, str]:
-    """base64 PNG/JPEG -> (C, H, W) float32 in the model's range, with the declared size checked first."""
-    raw = _b64(s, index)
+def _open(raw: bytes, index: int, limits: ImageLimits) -> Image.Image:
+    """The image's header, read lazily (no pixels), with its declared size and kind checked."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"])  # lazy: reads the header only
+            im = Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"])
             w, h = im.size
             if w * h > limits.max_pixels:
                 raise PayloadTooLarge(
@@ -114,16 +175,36 @@ def _decode_image(s: str | bytes, index: int, data: DataSpec, limits: ImageLimit
                     limit=limits.max_pixels,
                 )
             _refuse_unusual(im, raw, index)
-            channels = data.shape[0]
-            mode = _MODE_FOR_CHANNELS.get(channels)
-            if mode is None:
-                raise InvalidInput(f"model takes {channels}-channel input; send arrays, not PNG/JPEG")
-            source = f"{im.format} {w}x{h} {im.mode}"
-            im.load()
-            pixels = im.convert(mode) if im.mode != mode else im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image {index} is too large to decode: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise InvalidInput(f"image {index} is not a decodable PNG or JPEG ({type(exc).__name__})") from exc
+    return im
+
+
+def _decode(e: _Encoded, data: DataSpec) -> tuple[np.ndarray, str]:
+    """PNG/JPEG -> (C, H, W) float32 in the model's range, upright, reduced on the way when much larger."""
+    im, index = e.image, e.index
+    channels, (_, th, tw) = data.shape[0], data.shape
+    mode = _MODE_FOR_CHANNELS.get(channels)
+    if mode is None:
+        raise InvalidInput(f"model takes {channels}-channel input; send arrays, not PNG/JPEG")
+    w, h = im.size
+    source = f"{im.format} {w}x{h} {im.mode}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if im.format == "JPEG" and min(w // tw, h // th) >= 4:
+                im.draft(mode, (2 * tw, 2 * th))  # the decoder scales by 1/2, 1/4 or 1/8, staying >= 2x
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            pixels = im.convert(mode) if im.mode != mode else im
+            factor = min(pixels.width // tw, pixels.height // th) // 2
+            if factor >= 2:  # still much larger than the model: shrink the 8-bit pixels, not float32 ones
+                pixels = pixels.reduce(factor)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"image {index} is too large to decode: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise InvalidInput(f"image {index} is not a decodable PNG or JPEG ({type(exc).__name__})") from exc
     arr = np.asarray(pixels, dtype=np.float32) / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
@@ -141,7 +222,7 @@ def _refuse_unusual(im: Image.Image, raw: bytes, index: int) -> None:
     frames = getattr(im, "n_frames", 1)
     if frames > 1:
         raise InvalidInput(f"image {index} is animated ({frames} frames); send a single still image")
-    png16 = raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR" and len(raw) > 24 and raw[24] == 16
+    png16 = raw[:8] == _PNG_SIGNATURE and raw[12:16] == b"IHDR" and len(raw) > 24 and raw[24] == 16
     if im.mode not in _ACCEPTED_MODES or png16:
         raise InvalidInput(
             f"image {index} is {im.format} {'16-bit ' if png16 else ''}mode {im.mode}; "

@@ -16,19 +16,17 @@ Inference families carry Triton's exact names and `{model, version}` labels, whe
 prometheus-client would append `_total` to a counter's name, so the cumulative families are exposed untyped
 with Triton's names (PromQL's rate() works on them all the same). HTTP latency is a real prometheus-client
 histogram: `latentserve_http_request_duration_seconds{method, route, status}`, with the route template (not
-the raw path) as label, so cardinality stays bounded.
+the raw path) as label, so cardinality stays bounded; service.http.timing observes it, and GET /metrics
+(service.api.health) renders the registry.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -139,44 +137,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Pure ASGI middleware timing every HTTP request (cheaper than BaseHTTPMiddleware on the hot path)."""
-
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500  # an exception that escapes the app is a 500
-        start = time.perf_counter()
-        self.metrics.in_flight += 1
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self.metrics.in_flight -= 1
-            route = scope.get("route")
-            template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
-            self.metrics.http.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - start)
-
-
-router = APIRouter(tags=["operations"])
-
-
-@router.get("/metrics", response_class=Response)
-async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus metrics (text format): Triton-named inference statistics and HTTP latency histograms."""
-    metrics: Metrics = request.app.state.metrics
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -313,32 +313,19 @@ async def denoise(rt: Runner, mv: ModelVersion, x: np.ndarray, noise: NoiseSpec 
 
 
 async def anomaly_score(rt: Runner, mv: ModelVersion, x: np.ndarray, heatmap: bool = False) -> AnomalyScores:
-    """Raw score per manifest.anomaly.score (see service.store.scores), normalised so the threshold is 0.5."""
+    """Raw score per manifest.anomaly (the recipe in service.store.scores), normalised: threshold -> 0.5."""
     require(mv, "anomaly-score")
     spec = mv.manifest.anomaly
     assert spec is not None  # the manifest validator guarantees it for this capability
-    enc = await _run(rt, mv, "encoder", x)
-    x_hat = (await _run(rt, mv, "decoder", enc[0]))[0]
-    if spec.score == "reconstruction":
-        blur = scores.params_float(spec.params, "blur_sigma", 0.0)
-        raw, hmap = scores.reconstruction(x, x_hat, blur_sigma=blur)
-    elif spec.score == "vae_elbo":
-        if len(enc) < 2:
-            raise InvalidInput(f"model {mv.name!r} declares vae_elbo but its encoder has no log-variance")
-        raw, hmap = scores.vae_elbo(
-            x,
-            x_hat,
-            enc[0],
-            enc[1],
-            likelihood=str(spec.params.get("likelihood", "bernoulli")),
-            sigma=scores.params_float(spec.params, "sigma", 0.1),
-        )
-    else:  # fanogan: critic features of x and of G(E(x))
-        f_x = (await _run(rt, mv, "critic", x))[0]
-        f_x_hat = (await _run(rt, mv, "critic", x_hat))[0]
-        raw, hmap = scores.fanogan(
-            x, x_hat, f_x, f_x_hat, kappa=scores.params_float(spec.params, "kappa", 1.0)
-        )
+
+    async def run(graph: str, a: np.ndarray) -> dict[str, np.ndarray]:
+        names = [t.name for t in mv.manifest.graphs[graph].outputs]
+        return dict(zip(names, await _run(rt, mv, graph, a), strict=True))
+
+    try:
+        raw, hmap = await scores.anomaly(spec.score, spec.params, x, run)
+    except ValueError as exc:  # a manifest whose graphs do not fit its score (e.g. vae_elbo, one output)
+        raise InvalidInput(f"model {mv.name!r} cannot compute its {spec.score} score: {exc}") from exc
     raw = np.asarray(raw, dtype=np.float64)
     return AnomalyScores(
         score=spec.score,

@@ -31,8 +31,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.errors import ServiceError, Unauthorized
-from service.security import KeyRing, parse_keys
+from service.errors import NotReady, Unauthorized
+from service.http.access import KeyRing, parse_keys
 from service.store.layout import model_names, version_numbers
 from service.store.repository import ModelStore
 
@@ -84,9 +84,7 @@ async def reload_store(app: FastAPI) -> ReloadResponse:
     """Rescan the store in a worker thread (one reload at a time) and drop sessions of removed versions."""
     store: ModelStore = app.state.store
     if not store.root.is_dir():  # an unmounted volume must not look like an empty store
-        raise ServiceError(
-            f"models store {store.root} is not a directory; still serving the previous snapshot", status=503
-        )
+        raise NotReady("the models store is not a directory now; still serving the previous snapshot")
     async with _lock(app):
         before = _served(store)
         await anyio.to_thread.run_sync(store.reload)

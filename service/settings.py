@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_items: int = Field(default=256, ge=1, description="images or latents per request")
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="declared W*H above this is refused")
+    # The pixels one request may make the server decode, summed over its images and judged from their headers
+    # before any is decoded: 48 PNGs of 4096x4096 at 1 bit are 136 KB of body and 805 million pixels.
+    max_request_pixels: int = Field(
+        default=2 * 4096 * 4096, ge=1, description="decoded pixels per request, all images together"
+    )
+    # Request line and headers: bounded while they arrive, at the protocol (service/http/headers.py).
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line + headers, bytes")
+    max_header_fields: int = Field(default=128, ge=8, description="header fields per request")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a connection's start, or a request's first byte, to its last header"
+    )
     request_timeout_s: float = Field(default=30.0, gt=0)
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated; empty = no authentication on /v1"

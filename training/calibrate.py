@@ -7,6 +7,7 @@ against is measured on the same numbers it will compute with onnxruntime.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -20,57 +21,47 @@ from training.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
 
-#: graph name -> function from one input array to the graph's output arrays (in output-name order).
-Runner = Callable[[str, np.ndarray], list[np.ndarray]]
+#: graph name -> function from one input array to the graph's outputs by name, in output order.
+Runner = Callable[[str, np.ndarray], dict[str, np.ndarray]]
 BATCH = 512
 #: The median validation score maps to this normalised score (the threshold maps to 0.5).
 MEDIAN_NORMALISED = 0.1
 
 
 def torch_runner(model: GenerativeModel) -> Runner:
-    """Run the model's export graphs with torch (eval mode, no grad, on the model's device), batched."""
+    """Run the model's export graphs with torch (eval mode, no grad, on the model's device), batched; the
+    outputs carry the names the exported graphs give them."""
     graphs = model.export_graphs()
     model.eval()
     device = next(model.parameters()).device
 
     @torch.no_grad()
-    def run(name: str, x: np.ndarray) -> list[np.ndarray]:
-        module = graphs[name].module
+    def run(name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        graph = graphs[name]
         chunks: list[list[np.ndarray]] = []
         for i in range(0, len(x), BATCH):
-            out = module(torch.from_numpy(np.ascontiguousarray(x[i:i + BATCH])).to(device))
+            out = graph.module(torch.from_numpy(np.ascontiguousarray(x[i:i + BATCH])).to(device))
             outs = out if isinstance(out, (tuple, list)) else (out,)
             chunks.append([o.float().cpu().numpy() for o in outs])
-        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        arrays = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        return dict(zip(graph.output_names, arrays, strict=True))
 
     return run
 
 
-def critic_features(outputs: list[np.ndarray], names: list[str]) -> np.ndarray:
-    """The critic's feature output: the one named "features", else the last one."""
-    return outputs[names.index("features")] if "features" in names else outputs[-1]
+def first(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """A graph's first output (the code of an encoder, the image of a decoder)."""
+    return next(iter(outputs.values()))
 
 
 def compute_scores(kind: str, params: Mapping[str, float | str], run: Runner, x: np.ndarray,
-                   critic_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(score per image, per-pixel map) for a score kind of `service.store.scores`; the same recipe
-    the service follows on onnxruntime outputs: encoder -> code (first output) -> decoder."""
-    enc = run("encoder", x)
-    x_hat = run("decoder", enc[0])[0]
-    if kind == "reconstruction":
-        return scores.reconstruction(x, x_hat, blur_sigma=scores.params_float(params, "blur_sigma", 0.0))
-    if kind == "vae_elbo":
-        if len(enc) < 2:
-            raise ValueError("vae_elbo needs an encoder with z_mean and z_logvar outputs")
-        likelihood = str(params.get("likelihood", "bernoulli"))
-        return scores.vae_elbo(x, x_hat, enc[0], enc[1], likelihood=likelihood,
-                               sigma=scores.params_float(params, "sigma", 0.1))
-    if kind == "fanogan":
-        names = critic_names or []
-        f_x = critic_features(run("critic", x), names)
-        f_x_hat = critic_features(run("critic", x_hat), names)
-        return scores.fanogan(x, x_hat, f_x, f_x_hat, kappa=scores.params_float(params, "kappa", 1.0))
-    raise ValueError(f"unknown anomaly score kind {kind!r}")
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(score per image, per-pixel map): the service's recipe (`service.store.scores.anomaly`) on torch."""
+
+    async def run_async(graph: str, a: np.ndarray) -> dict[str, np.ndarray]:
+        return run(graph, a)
+
+    return asyncio.run(scores.anomaly(kind, params, x, run_async))
 
 
 def calibrate_threshold(kind: str, params: Mapping[str, float | str], val_scores: np.ndarray,
@@ -124,7 +115,7 @@ def latent_prior(model: GenerativeModel, train_x: np.ndarray, kind: str, compone
     chosen = model.latent_prior_kind(kind)
     if chosen == "normal":
         return NormalPrior()
-    codes = torch_runner(model)("encoder", train_x)[0]
+    codes = first(torch_runner(model)("encoder", train_x))
     return fit_prior(codes, chosen, components, seed)
 
 

@@ -39,6 +39,7 @@ from training.trainer import (
     Trainer,
     init_distributed,
     pick_device,
+    pick_threads,
     seed_everything,
     shutdown_distributed,
 )
@@ -98,7 +99,7 @@ def evaluate(model: GenerativeModel, splits: Splits, cfg: TrainConfig) -> dict[s
     graphs = set(model.export_graphs())
     test = splits.test.x
     if {"encoder", "decoder"} <= graphs and len(test):
-        x_hat = run("decoder", run("encoder", test)[0])[0]
+        x_hat = calibrate.first(run("decoder", calibrate.first(run("encoder", test))))
         metrics["test_recon_mse"] = float(np.mean((test - x_hat) ** 2))
         metrics["test_n"] = len(test)
     nll = calibrate.importance_sampled_nll(model, test, cfg.nll_k)
@@ -108,15 +109,13 @@ def evaluate(model: GenerativeModel, splits: Splits, cfg: TrainConfig) -> dict[s
     return metrics
 
 
-def anomaly_metrics(model: GenerativeModel, splits: Splits, spec: Any, critic_names: list[str] | None,
-                    ) -> dict[str, float | int | str]:
+def anomaly_metrics(model: GenerativeModel, splits: Splits, spec: Any) -> dict[str, float | int | str]:
     """AUROC on the test split in one-class mode (classes outside normal_classes are the anomalies)."""
     if splits.normal_classes is None or not len(splits.test):
         return {}
     from sklearn.metrics import roc_auc_score
 
-    s, _ = calibrate.compute_scores(spec.score, spec.params, calibrate.torch_runner(model), splits.test.x,
-                                    critic_names)
+    s, _ = calibrate.compute_scores(spec.score, spec.params, calibrate.torch_runner(model), splits.test.x)
     is_anomaly = ~np.isin(splits.test.y, np.asarray(splits.normal_classes))
     if is_anomaly.all() or not is_anomaly.any():
         return {}
@@ -140,30 +139,38 @@ def run(spec: RunSpec, data: ImageSet | None = None) -> PipelineResult:
         shutdown_distributed(ctx)
 
 
-def check_store_writable(store: Path) -> None:
-    """Raise ConfigError unless a version could be published under `store` (created if missing): found out
-    before training, not after it."""
+def check_writable(folder: Path, what: str, verb: str = "write", hint: str = "") -> None:
+    """Raise ConfigError unless a file can be written in `folder` (created if missing): found out before
+    training, not after it. A root-owned working directory (a container's /app) is a usual cause."""
     try:
-        store.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=store, prefix=".write-check-"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as exc:
-        raise ConfigError(f"store {store}: cannot publish there ({exc.strerror or exc}); nothing was trained"
-                          ) from exc
+        then = f"{hint}; " if hint else ""
+        raise ConfigError(f"{what} {folder}: cannot {verb} there ({exc.strerror or exc}); {then}"
+                          "nothing was trained") from exc
+
+
+def check_store_writable(store: Path) -> None:
+    """Raise ConfigError unless a version could be published under `store` (created if missing)."""
+    check_writable(store, "store", verb="publish")
 
 
 def _run(spec: RunSpec, cfg: TrainConfig, data: ImageSet | None, ctx: DistContext) -> PipelineResult:
     if cfg.publish and ctx.is_main:
         check_store_writable(Path(cfg.store))
     device = pick_device(cfg.device, ctx)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, device)
     data = data if data is not None else load(cfg.data)
     splits = split(data, seed=cfg.seed, fractions=cfg.split, normal_classes=cfg.normal_classes)
     model = build_model(spec, data)
+    threads, why = pick_threads(cfg.threads, model.cfg.backbone)
+    torch.set_num_threads(threads)  # after the build: weight init is the same on any thread count
     name = model_name(cfg, data)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / name
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.runs) / name
+    check_writable(run_dir, "run folder", hint="choose another with --runs DIR (or --run_dir DIR)")
+    log.info("torch CPU threads: %d (%s)", threads, why)
     log.info("fit %s (%s) on %s: %s", name, cfg.model, data.name, splits.describe()["sizes"])
     fit = Trainer(model, cfg, run_dir, device, ctx).fit(splits)
     if ctx.enabled:
@@ -195,16 +202,14 @@ def _finish(model: GenerativeModel, spec: RunSpec, splits: Splits, data: ImageSe
         metrics["val_loss"] = fit.val_loss
     metrics.update(evaluate(model, splits, cfg))
     graphs = model.export_graphs()
-    critic_names = graphs["critic"].output_names if "critic" in graphs else None
     anomaly = None
     if {"encoder", "decoder"} <= set(graphs):
         kind, params = model.anomaly_score()
-        val_scores, _ = calibrate.compute_scores(kind, params, calibrate.torch_runner(model), splits.val.x,
-                                                 critic_names)
+        val_scores, _ = calibrate.compute_scores(kind, params, calibrate.torch_runner(model), splits.val.x)
         population = (f"normal classes {list(splits.normal_classes)}" if splits.normal_classes is not None
                       else "all classes")
         anomaly = calibrate.calibrate_threshold(kind, params, val_scores, cfg.threshold_quantile, population)
-        metrics.update(anomaly_metrics(model, splits, anomaly, critic_names))
+        metrics.update(anomaly_metrics(model, splits, anomaly))
     prior = calibrate.latent_prior(model, splits.train.x, cfg.prior, cfg.prior_components, cfg.seed)
     training = {
         "model": cfg.model, "config": to_dict(cfg), "model_config": to_dict(model.cfg), "seed": cfg.seed,

@@ -7,12 +7,21 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from service.store.manifest import is_valid_model_name
 
 MANIFEST_NAME = "manifest.json"
 STAGING_PREFIX = ".staging-"
+#: How a version is written, in a folder name, a URL or a header: ASCII digits without a leading zero, at
+#: most 9 (so it fits any int). `str.isdigit` is not the rule: it takes "²" and "١", which `int` refuses.
+VERSION_RE = re.compile(r"[1-9][0-9]{0,8}")
+
+
+def parse_version(text: str) -> int | None:
+    """The version number `text` spells under VERSION_RE, else None ("01", "１", "²", "1.0", "-1", "0")."""
+    return int(text) if VERSION_RE.fullmatch(text) else None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -37,8 +46,9 @@ def version_numbers(model_dir: Path) -> list[int]:
         return []
     out = []
     for p in model_dir.iterdir():
-        if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"):
-            out.append(int(p.name))
+        v = parse_version(p.name)
+        if v is not None and p.is_dir():
+            out.append(v)
     return sorted(out)
 
 

@@ -20,11 +20,25 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.errors import ModelNotFound
-from service.store.layout import MANIFEST_NAME, model_names, sha256_file, version_dir, version_numbers
+from service.store.layout import (
+    MANIFEST_NAME,
+    model_names,
+    parse_version,
+    sha256_file,
+    version_dir,
+    version_numbers,
+)
 from service.store.manifest import Manifest, is_valid_model_name
 
 log = logging.getLogger(__name__)
+
+class UnknownModel(LookupError):
+    """No served model or version by this name (the service answers 404). `versions` lists what there is."""
+
+    def __init__(self, detail: str, model: str, versions: list[int] | None = None) -> None:
+        super().__init__(detail)
+        self.detail, self.model, self.versions = detail, model, versions
+
 
 #: Called for every version that passed manifest and checksum checks; raising rejects the version.
 #: The runtime uses it to create its inference sessions at open time.
@@ -99,6 +113,20 @@ def _load_version(root: Path, name: str, version: int) -> ModelVersion:
     return ModelVersion(manifest=manifest, path=vdir)
 
 
+def relative_reason(exc: BaseException, root: Path) -> str:
+    """Why a version failed, naming files by their store-relative path: the reason is shown to API clients,
+    who must not learn where the store lives (an OSError's message carries the absolute file name, and
+    onnxruntime's messages carry the path of the graph it could not load)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        reason = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    else:
+        reason = str(exc) or type(exc).__name__
+    for prefix in {str(root.resolve()), str(root.absolute()), str(root)}:
+        if prefix not in (".", ""):
+            reason = reason.replace(prefix.rstrip("/") + "/", "").replace(prefix, ".")
+    return reason
+
+
 def _scan(root: Path, check: VersionCheck | None, previous: _Snapshot | None = None) -> _Snapshot:
     models: dict[str, dict[int, ModelVersion]] = {}
     problems: list[StoreProblem] = []
@@ -110,7 +138,7 @@ def _scan(root: Path, check: VersionCheck | None, previous: _Snapshot | None = N
                 if check is not None:
                     check(mv)
             except Exception as exc:  # any failure rejects this version only; the rest still serves
-                reason = str(exc) or type(exc).__name__
+                reason = relative_reason(exc, root)
                 kept = before.get(name, {}).get(v)
                 if kept is not None:  # it served until now: keep the copy that was verified and loaded
                     log.error("store: %s/%s on disk now fails (%s); still serving the copy loaded before",
@@ -177,21 +205,17 @@ class ModelStore:
         return vs[max(vs)]
 
     def get(self, name: str, version: int | str | None = None) -> ModelVersion:
-        """A version by number, or the latest when `version` is None or "latest"."""
+        """A version by number (or its text under `layout.VERSION_RE`), or the latest when `version` is None
+        or "latest". Anything else is unknown: "01", "１" and "²" are not versions."""
         vs = self._versions_of(name)
         if version is None or version == "latest":
             return vs[max(vs)]
-        if isinstance(version, str):
-            if not version.isdigit() or len(version) > 9:
-                raise ModelNotFound(
-                    f"version {version!r} of model {name!r} not found; use a number or 'latest'", model=name
-                )
-            version = int(version)
-        if version not in vs:
-            raise ModelNotFound(
-                f"model {name!r} has no version {version}; available: {sorted(vs)}", model=name
-            )
-        return vs[version]
+        number = parse_version(version) if isinstance(version, str) else version
+        if number not in vs:
+            shown = repr(version)[:40]
+            raise UnknownModel(f"model {name!r} has no version {shown}; versions: {sorted(vs)} or 'latest'",
+                               model=name, versions=sorted(vs))
+        return vs[number]
 
     def _versions_of(self, name: str) -> dict[int, ModelVersion]:
         # A served model's name was validated when its folder was scanned, so a hit needs no check. A miss is
@@ -200,8 +224,8 @@ class ModelStore:
         if vs:
             return vs
         if not is_valid_model_name(name):
-            raise ModelNotFound(
-                f"{name!r} is not a valid model name (lowercase letters, digits and single hyphens)",
-                model=name,
+            raise UnknownModel(
+                f"{name[:80]!r} is not a valid model name (lowercase letters, digits and single hyphens)",
+                model=name[:80],
             )
-        raise ModelNotFound(f"model {name!r} not found; see GET /v1/models", model=name)
+        raise UnknownModel(f"model {name!r} not found; see GET /v1/models", model=name)

@@ -1,15 +1,49 @@
-"""Anomaly-score definitions, in numpy: the single source of truth for both halves.
+"""Anomaly scores, in numpy: the single source of truth for both halves.
 
-Training calibrates thresholds with these functions (on the torch model's outputs turned into numpy);
-the service scores requests with them (on onnxruntime outputs). Each returns (score per image (B,),
-per-pixel map (B, C, H, W)) where a larger score means more anomalous.
+`anomaly(kind, params, x, run)` is the recipe (score kind -> graphs -> score): which graphs run on what, and
+which score function turns their outputs into scores. Training calls it to calibrate thresholds (its runner is
+the torch model, in eval mode); the service calls it to score requests (its runner is onnxruntime, behind the
+batcher). Every score function returns (score per image (B,), per-pixel map (B, C, H, W)); a larger score
+means more anomalous.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import numpy as np
+
+#: Runs one graph of a model on one input array: `await run("encoder", x)` gives the outputs by name, in the
+#: graph's output order.
+GraphRunner = Callable[[str, np.ndarray], Awaitable[dict[str, np.ndarray]]]
+
+
+async def anomaly(
+    kind: str, params: Mapping[str, float | str], x: np.ndarray, run: GraphRunner
+) -> tuple[np.ndarray, np.ndarray]:
+    """(raw score per image, per-pixel map) of score `kind` for images x (B, C, H, W).
+
+    encoder -> its first output (the code, or a VAE's mean) -> decoder -> x_hat; then by kind:
+    reconstruction (x, x_hat), vae_elbo (x, x_hat and the encoder's mean and log-variance), fanogan (x, x_hat
+    and the critic's features of each: its output named "features", else its last)."""
+    enc = list((await run("encoder", x)).values())
+    x_hat = next(iter((await run("decoder", enc[0])).values()))
+    if kind == "reconstruction":
+        return reconstruction(x, x_hat, blur_sigma=params_float(params, "blur_sigma", 0.0))
+    if kind == "vae_elbo":
+        if len(enc) < 2:
+            raise ValueError("the vae_elbo score needs an encoder with a mean and a log-variance output")
+        return vae_elbo(x, x_hat, enc[0], enc[1], likelihood=str(params.get("likelihood", "bernoulli")),
+                        sigma=params_float(params, "sigma", 0.1))
+    if kind == "fanogan":
+        f_x, f_x_hat = _features(await run("critic", x)), _features(await run("critic", x_hat))
+        return fanogan(x, x_hat, f_x, f_x_hat, kappa=params_float(params, "kappa", 1.0))
+    raise ValueError(f"unknown anomaly score kind {kind!r}")
+
+
+def _features(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The critic's feature output: the one named "features", else the last one."""
+    return outputs["features"] if "features" in outputs else list(outputs.values())[-1]
 
 _EPS = 1e-6
 

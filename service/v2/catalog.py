@@ -17,7 +17,7 @@ from typing import Any
 from service.errors import ModelNotFound
 from service.runtime import Runtime
 from service.store.manifest import TensorSpec
-from service.store.repository import ModelStore, ModelVersion
+from service.store.repository import ModelStore, ModelVersion, UnknownModel
 from service.v2.codec import ORT_TO_V2
 
 PLATFORM = "onnxruntime_onnx"
@@ -75,9 +75,9 @@ class Catalog:
         model, graph = split_name(v2_name)
         try:
             mv = store.get(model, version or None)
-        except ModelNotFound as exc:  # the store speaks /v1; say it in V2 terms
-            raise ModelNotFound(f"unknown model {v2_name!r}" + (f" version {version!r}" if version else "")
-                                + f": {exc.detail}") from exc
+        except UnknownModel as exc:  # the store speaks /v1; say it in V2 terms
+            at = f" version {version[:40]!r}" if version else ""
+            raise ModelNotFound(f"unknown model {v2_name!r}{at}: {exc.detail}") from exc
         if graph not in mv.manifest.graphs:
             raise ModelNotFound(f"unknown model {v2_name!r}: {model} v{mv.version} has graphs "
                                 f"{sorted(mv.manifest.graphs)}")

@@ -1,6 +1,7 @@
 """Open Inference Protocol (KServe V2) tensor codec: JSON tensors and Triton's binary tensor data extension.
 
-Pure functions on bytes and numpy arrays, so they are testable without HTTP.
+Pure functions on bytes and numpy arrays, so they are testable without HTTP. The JSON part of a request is
+validated by pydantic (service.v2.schemas.InferenceRequest) on the bytes; nothing else parses it.
 
 Request body (binary extension): a JSON header of `Inference-Header-Content-Length` bytes, then the raw
 little-endian bytes of every input whose `parameters.binary_data_size` is set, in the order the inputs are
@@ -21,6 +22,10 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import ValidationError
+
+from service.errors import MalformedRequest
+from service.v2 import schemas
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -43,8 +48,8 @@ ORT_TO_V2 = {
 }
 
 
-class CodecError(ValueError):
-    """A request the codec cannot decode (the router answers 400)."""
+class CodecError(MalformedRequest):
+    """A request the codec cannot decode (400)."""
 
 
 @dataclass(frozen=True)
@@ -92,103 +97,128 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                             for d in raw):
-        raise CodecError(f"input {name!r}: shape must be a list of non-negative integers")
-    return tuple(raw)
+def header_length(value: str | None) -> int | None:
+    """The `Inference-Header-Content-Length` header: ASCII digits (not "²", "١", "1.5"); None when absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise CodecError(f"{HEADER_LENGTH} must be a non-negative integer in ASCII digits, "
+                         f"got {value[:40]!r}")
+    return int(text)
 
 
-def _decode_input(t: Any, binary: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
-    """One input tensor; returns (name, array, new offset into the binary section)."""
-    if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-        raise CodecError("each input must be an object with a string 'name'")
-    name = t["name"]
-    shape = _shape(t.get("shape"), name)
-    dt_name = t.get("datatype")
-    dtype = DATATYPES.get(dt_name) if isinstance(dt_name, str) else None
+def _why(exc: ValidationError) -> str:
+    """The first of pydantic's complaints about a request, said in V2 terms."""
+    e = exc.errors(include_url=False, include_context=False)[0]
+    loc = [str(p) for p in e["loc"]]
+    if loc == ["inputs"] or not loc:
+        return "request must be a JSON object with a non-empty 'inputs' list"
+    where = ".".join(loc)
+    if "data" in loc and e.get("input", 0) is None:
+        return f"{where}: data holds null, not a number"
+    if "data" in loc:
+        return f"{where}: data must be numbers (true/false for BOOL), flat or nested, one kind per array"
+    if "shape" in loc:
+        return f"{where}: shape must be a list of non-negative integers below 2**31: {e['msg']}"
+    return f"{where}: {e['msg']}"
+
+
+def _decode_input(t: schemas.InferInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
+    """One input tensor; returns (array, new offset into the binary section)."""
+    name, shape, dt_name = t.name, tuple(t.shape), t.datatype
+    dtype = DATATYPES.get(dt_name)
     if dtype is None:
         raise CodecError(f"input {name!r}: unsupported datatype {dt_name!r} (use one of {sorted(DATATYPES)})")
     count = math.prod(shape)
-    params = t.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise CodecError(f"input {name!r}: parameters must be an object")
-    size = params.get("binary_data_size")
+    if math.prod(d for d in shape if d) * dtype.itemsize >= 2**48:  # numpy could not even describe it
+        raise CodecError(f"input {name!r}: shape {list(shape)} is too large")
+    size = (t.parameters or {}).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise CodecError(f"input {name!r}: binary_data_size must be a non-negative integer")
         if size != count * dtype.itemsize:
             raise CodecError(f"input {name!r}: binary_data_size {size} does not match shape {list(shape)} "
                              f"of {dt_name} ({count * dtype.itemsize} bytes)")
         if offset + size > len(binary):
             raise CodecError(f"input {name!r}: body ends before its {size} binary bytes")
-        arr = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
-        return name, arr, offset + size
-    if "data" not in t:
+        return np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape), offset + size
+    if t.data is None:
         raise CodecError(f"input {name!r}: needs 'data' or parameters.binary_data_size")
-    try:
-        with np.errstate(over="ignore"):  # a float beyond the type's range becomes inf, as in binary data
-            arr = np.asarray(t["data"], dtype=dtype)
-    except OverflowError as exc:  # an integer the type cannot hold (300 as INT8)
-        raise CodecError(f"input {name!r}: data out of range for {dt_name} ({exc})") from exc
-    except (ValueError, TypeError) as exc:
-        raise CodecError(f"input {name!r}: data is not a numeric {dt_name} array") from exc
+    arr = _from_json(name, t.data, dt_name, dtype)
     if arr.size != count:
         raise CodecError(f"input {name!r}: {arr.size} elements do not fit shape {list(shape)}")
-    if arr.dtype.kind == "f" and np.isnan(arr).any():  # JSON has no NaN: a null became one
-        raise CodecError(f"input {name!r}: data holds null, not a number")
-    return name, arr.reshape(shape), offset
+    return arr.reshape(shape), offset
 
 
-def _decode_outputs(raw: Any) -> list[RequestedOutput] | None:
+#: JSON kinds (numpy's dtype.kind of the data as written) each V2 datatype accepts. No silent casts: true is
+#: not 1.0, 1.5 is not 1, a string is not a number.
+_ACCEPTS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def _from_json(name: str, data: Any, dt_name: str, dtype: np.dtype[Any]) -> np.ndarray:
+    try:
+        written = np.asarray(data)
+    except ValueError as exc:  # ragged nesting
+        raise CodecError(f"input {name!r}: data is not a rectangular array") from exc
+    if written.dtype == object and written.size and all(isinstance(v, int) for v in written.flat):
+        raise CodecError(f"input {name!r}: data out of range for {dt_name} (an integer beyond 64 bits)")
+    if written.size and written.dtype.kind not in _ACCEPTS[dtype.kind]:
+        kind = {"b": "booleans", "U": "strings", "O": "mixed values"}.get(written.dtype.kind, "numbers")
+        raise CodecError(f"input {name!r}: data is not a numeric {dt_name} array: it holds {kind}")
+    if dtype.kind in "iu" and written.size:
+        info = np.iinfo(dtype)
+        if written.min() < info.min or written.max() > info.max:
+            raise CodecError(f"input {name!r}: data out of range for {dt_name} ({info.min} to {info.max})")
+    with np.errstate(over="ignore"):  # a float beyond the type's range becomes inf, as in binary data
+        return written.astype(dtype, copy=False)
+
+
+def _outputs(raw: list[schemas.RequestedOutputIn] | None) -> list[RequestedOutput] | None:
     if raw is None:
         return None
-    if not isinstance(raw, list):
-        raise CodecError("'outputs' must be a list")
     out = []
     for o in raw:
-        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-            raise CodecError("each requested output must be an object with a string 'name'")
-        p = o.get("parameters") or {}
-        if not isinstance(p, dict):
-            raise CodecError(f"output {o['name']!r}: parameters must be an object")
+        p = o.parameters or {}
         if p.get("classification"):
             raise CodecError("the classification extension is not supported")
         if "shared_memory_region" in p:
             raise CodecError("the shared-memory extension is not supported")
         b = p.get("binary_data")
-        out.append(RequestedOutput(o["name"], None if b is None else bool(b)))
+        if b is not None and not isinstance(b, bool):
+            raise CodecError(f"output {o.name!r}: parameters.binary_data must be true or false")
+        out.append(RequestedOutput(o.name, b))
     return out
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Decode an (already decompressed) infer request body."""
-    if header_length is not None and not 0 <= header_length <= len(body):
-        raise CodecError(f"{HEADER_LENGTH} {header_length} is outside the body ({len(body)} bytes)")
-    split = len(body) if header_length is None else header_length
+def decode_request(body: bytes, header_len: int | None = None) -> InferRequest:
+    """Decode an (already decompressed) infer request body: the JSON part validated by pydantic
+    (`schemas.InferenceRequest`), then each input's tensor from its JSON data or its binary bytes."""
+    if header_len is not None and not 0 <= header_len <= len(body):
+        raise CodecError(f"{HEADER_LENGTH} {header_len} is outside the body ({len(body)} bytes)")
+    split = len(body) if header_len is None else header_len
     view = memoryview(body)
+    head = body if header_len is None else bytes(view[:split])  # a copy of the (small) JSON header only
     try:
-        doc = orjson.loads(view[:split])
-    except orjson.JSONDecodeError as exc:
-        raise CodecError(f"request header is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise CodecError("request must be a JSON object with a non-empty 'inputs' list")
+        doc = schemas.InferenceRequest.model_validate_json(head)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            raise CodecError(f"request header is not valid JSON: {errors[0]['msg']}") from None
+        raise CodecError(_why(exc)) from None
     binary, offset, inputs = view[split:], 0, {}
-    for t in doc["inputs"]:
-        name, arr, offset = _decode_input(t, binary, offset)
-        if name in inputs:
-            raise CodecError(f"input {name!r} is given twice")
-        inputs[name] = arr
+    for t in doc.inputs:
+        if t.name in inputs:
+            raise CodecError(f"input {t.name!r} is given twice")
+        inputs[t.name], offset = _decode_input(t, binary, offset)
     if offset != len(binary):
         raise CodecError(f"{len(binary) - offset} trailing binary bytes match no input")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise CodecError("'parameters' must be an object")
-    rid = doc.get("id")
-    return InferRequest(
-        inputs=inputs, id=None if rid is None else str(rid), outputs=_decode_outputs(doc.get("outputs")),
-        binary_output=bool(params.get("binary_data_output", False)), parameters=params,
-    )
+    params = doc.parameters or {}
+    binary_output = params.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise CodecError("parameters.binary_data_output must be true or false")
+    return InferRequest(inputs=inputs, id=doc.id, outputs=_outputs(doc.outputs), binary_output=binary_output,
+                        parameters=params)
 
 
 def encode_response(

@@ -1,27 +1,27 @@
 """Open Inference Protocol (KServe V2) endpoints, spoken well enough that `tritonclient.http` works unchanged.
 
-Two routers: `router` (health, metadata, infer, repository index) and `admin_router` (load / unload), kept
-apart so access control can guard the second alone. Errors are `{"error": "..."}` with Triton's statuses:
-400 bad request, 404 unknown model or version, 503 not ready / unloaded / overloaded (with Retry-After when
-the queue is full), 500 inference failure. `V2Route` translates the domain errors once, for every handler.
+The GET routes (health, metadata, readiness, configuration, the index) are a FastAPI router; infer, the
+index's POST, and the repository's load and unload are operations of the operations table
+(service.api.table). Errors are `{"error": "..."}` with Triton's statuses, rendered for every /v2 path by
+service.http.problems: 400 bad request, 404 unknown model or version, 503 not ready / unloaded / overloaded
+(with Retry-After when the queue is full), 500 inference failure.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Body, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Request
+from starlette.responses import Response
 
-from service.api.lean import LeanRoute, request_body
-from service.errors import CapabilityMissing, InvalidInput, ModelNotFound, NotReady, ServiceError
+from service.errors import InvalidInput, NotReady
+from service.http.drain import is_draining
+from service.http.table import Call
 from service.runtime import Runtime
-from service.shutdown import is_draining
 from service.store.repository import ModelStore, ModelVersion
 from service.v2 import codec
 from service.v2.catalog import PLATFORM, Catalog, GraphMeta
@@ -30,6 +30,7 @@ from service.v2.schemas import (
     ModelMetadataResponse,
     RepositoryIndexEntry,
     RepositoryIndexRequest,
+    RepositoryLoadRequest,
     ServerMetadataResponse,
 )
 
@@ -43,43 +44,7 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return Response(orjson.dumps(doc), status_code=status, media_type=JSON, headers=headers)
 
 
-def error_response(exc: Exception) -> Response:
-    """Triton's mapping of our error tree: input problems are 400, unknown models 404."""
-    if isinstance(exc, codec.CodecError):
-        return _json({"error": str(exc)}, 400)
-    if isinstance(exc, RequestValidationError):
-        errs = exc.errors()
-        msg = errs[0].get("msg", "invalid request") if errs else "invalid request"
-        return _json({"error": f"invalid request: {msg}"}, 400)
-    assert isinstance(exc, ServiceError)
-    status = exc.status
-    if isinstance(exc, ModelNotFound):
-        status = 404
-    elif isinstance(exc, InvalidInput | CapabilityMissing):
-        status = 400
-    return _json({"error": exc.detail}, status, exc.headers or None)
-
-
-class V2Route(LeanRoute):
-    """Renders domain, codec and validation errors as V2 `{"error": ...}` bodies."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()  # lean where it can be (service/api/lean.py)
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (ServiceError, codec.CodecError, RequestValidationError) as exc:
-                if isinstance(exc, ServiceError) and exc.status >= 500:
-                    log.warning("v2 %s: %s", request.url.path, exc)
-                return error_response(exc)
-
-        return route
-
-
-router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route, responses=ERRORS)  # type: ignore[arg-type]
-admin_router = APIRouter(prefix="/v2/repository/models", tags=["v2"], route_class=V2Route,
-                         responses=ERRORS)  # type: ignore[arg-type]
+router = APIRouter(prefix="/v2", tags=["v2"], responses=ERRORS)  # type: ignore[arg-type]
 
 
 # --- app state ----------------------------------------------------------------------------------
@@ -115,7 +80,7 @@ def _served(request: Request, name: str, version: str | None) -> tuple[ModelVers
     """Resolve a V2 name that must be in service (not unloaded)."""
     mv, graph = _catalog(request).resolve(_store(request), name, version)
     if not _catalog(request).is_loaded(name):
-        raise ServiceError(f"model {name!r} is unloaded; POST /v2/repository/models/{name}/load", status=503)
+        raise NotReady(f"model {name!r} is unloaded; POST /v2/repository/models/{name}/load")
     return mv, graph
 
 
@@ -227,32 +192,31 @@ def _check_inputs(name: str, meta: GraphMeta, inputs: dict[str, np.ndarray]) -> 
                                f"{list(t.shape)} (-1 = any)")
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
+async def infer(call: Call, body: bytes) -> Response:
+    """Inference: JSON tensors or the binary tensor extension (Inference-Header-Content-Length), gzip or
+    deflate bodies; `outputs` selects outputs and `binary_data` returns them as raw bytes."""
+    request = call.request
+    name, version = call.path_params["model_name"], call.path_params.get("model_version")
     mv, graph = _served(request, name, version)
-    runtime, settings = _runtime(request), request.app.state.settings
+    runtime = call.runtime
     meta = _catalog(request).metadata(runtime, mv, graph)
     start = time.perf_counter()
     try:
-        body = codec.decompress(await request_body(request), request.headers.get("content-encoding"),
-                                settings.max_body_bytes)
-        hlen = request.headers.get(codec.HEADER_LENGTH)
-        if hlen is not None and not hlen.strip().isdigit():
-            raise codec.CodecError(f"{codec.HEADER_LENGTH} must be a non-negative integer, got {hlen!r}")
-        req = codec.decode_request(body, None if hlen is None else int(hlen))
+        body = codec.decompress(body, _header(call, b"content-encoding"), call.settings.max_body_bytes)
+        head = codec.header_length(_header(call, b"inference-header-content-length"))
+        req = codec.decode_request(body, head)
         _check_inputs(name, meta, req.inputs)
         if req.outputs is not None:
             known = {t.name for t in meta.outputs}
             unknown = [o.name for o in req.outputs if o.name not in known]
             if unknown:
                 raise InvalidInput(f"model {name!r} has no outputs {unknown}; it has {sorted(known)}")
-    except (codec.CodecError, InvalidInput):
-        stats = getattr(runtime, "stats", None)
-        if stats is not None:
-            stats.request(name, str(mv.version), time.perf_counter() - start, reason="OTHER")
+    except InvalidInput:
+        runtime.stats.request(name, str(mv.version), time.perf_counter() - start, reason="OTHER")
         raise
     outputs = await runtime.infer(mv, graph, req.inputs)
     out_body, header_len = codec.encode_response(name, str(mv.version), outputs, req)
-    out_body, encoding = codec.compress(out_body, request.headers.get("accept-encoding"))
+    out_body, encoding = codec.compress(out_body, _header(call, b"accept-encoding"))
     headers: dict[str, str] = {}
     if header_len is not None:
         headers[codec.HEADER_LENGTH] = str(header_len)
@@ -262,31 +226,19 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return Response(out_body, media_type=media, headers=headers)
 
 
-_INFER_DOC = {
-    "requestBody": {"content": {
-        "application/json": {"schema": {"type": "object", "description": "V2 inference request"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary",
-                                                "description": "JSON header + binary tensors"}},
-    }},
-}
+def _header(call: Call, name: bytes) -> str | None:
+    value = call.header(name)
+    return None if value is None else value.decode("latin-1")
 
 
-@router.post("/models/{model_name}/infer", openapi_extra=_INFER_DOC)
-async def infer(model_name: str, request: Request) -> Response:
-    """Inference: JSON tensors or the binary tensor extension (Inference-Header-Content-Length), gzip or
-    deflate bodies; `outputs` selects outputs and `binary_data` returns them as raw bytes."""
-    return await _infer(request, model_name, None)
-
-
-@router.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=_INFER_DOC)
-async def infer_version(model_name: str, model_version: str, request: Request) -> Response:
-    """Inference on one version of a V2 model."""
-    return await _infer(request, model_name, model_version)
+INFER_DOC = {"content": {
+    "application/json": {"schema": {"type": "object", "description": "V2 inference request"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                            "description": "JSON header + binary tensors"}},
+}, "required": True}
 
 
 # --- repository ---------------------------------------------------------------------------------
-IndexBody = Annotated[RepositoryIndexRequest | None, Body()]
-
 async def _index(request: Request, ready_only: bool) -> Response:
     cat = _catalog(request)
     entries: list[dict[str, str]] = []
@@ -318,34 +270,27 @@ async def repository_index_get(request: Request) -> Response:
     return await _index(request, False)
 
 
-@router.post("/repository/index", response_model=list[RepositoryIndexEntry])
-async def repository_index(request: Request, body: IndexBody = None) -> Response:
+async def repository_index(call: Call, body: RepositoryIndexRequest) -> Response:
     """Every V2 model and its state; `{"ready": true}` lists only the ready ones."""
-    return await _index(request, bool(body and body.ready))
+    return await _index(call.request, body.ready)
 
 
-@admin_router.post("/{model_name}/load")
-async def load(model_name: str, request: Request) -> Response:
+async def load(call: Call, body: RepositoryLoadRequest) -> Response:
     """Put a V2 model the store serves back in service. Loading from a path, URL or files is refused."""
-    raw = await request.body()
-    if raw.strip():
-        try:
-            params = (orjson.loads(raw) or {}).get("parameters") or {}
-        except (orjson.JSONDecodeError, AttributeError) as exc:
-            raise codec.CodecError("load request body must be a JSON object") from exc
-        if params:
-            raise InvalidInput("load takes no parameters: models come from the server's store only, "
-                               "never from a config, path, URL or uploaded files")
-    _catalog(request).resolve(_store(request), model_name)
-    _catalog(request).load(model_name)
-    log.info("v2: loaded %s", model_name)
+    name = call.path_params["model_name"]
+    if body.parameters:
+        raise InvalidInput("load takes no parameters: models come from the server's store only, "
+                           "never from a config, path, URL or uploaded files")
+    _catalog(call.request).resolve(call.store, name)
+    _catalog(call.request).load(name)
+    log.info("v2: loaded %s", name)
     return _json({})
 
 
-@admin_router.post("/{model_name}/unload")
-async def unload(model_name: str, request: Request) -> Response:
+async def unload(call: Call, body: RepositoryLoadRequest) -> Response:
     """Take a V2 model out of service (in memory; the store is untouched). `load` puts it back."""
-    _catalog(request).resolve(_store(request), model_name)
-    _catalog(request).unload(model_name)
-    log.info("v2: unloaded %s", model_name)
+    name = call.path_params["model_name"]
+    _catalog(call.request).resolve(call.store, name)
+    _catalog(call.request).unload(name)
+    log.info("v2: unloaded %s", name)
     return _json({})

@@ -1,8 +1,56 @@
-"""Response bodies of the V2 endpoints, for the OpenAPI page (handlers return plain dicts or raw bytes)."""
+"""Bodies of the V2 endpoints: the infer request as pydantic validates it (service.v2.codec), and the
+responses, for the OpenAPI page (handlers return plain dicts or raw bytes)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from typing_extensions import TypeAliasType
+
+# --- the infer request --------------------------------------------------------------------------------------
+#: Tensor data as JSON carries it: a flat or nested array, each innermost array of one kind.
+TensorData = TypeAliasType(  # type: ignore[misc]  # mypy does not follow a recursive TypeAliasType
+    "TensorData",
+    Union[list[StrictInt | StrictFloat], list[StrictBool], list[StrictStr], list["TensorData"]],  # type: ignore[misc]  # noqa: UP007,E501
+)
+Dim = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
+
+
+class _V2In(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)  # other members are the protocol's to add
+
+
+class InferInput(_V2In):
+    name: StrictStr
+    shape: list[Dim] = Field(max_length=32)
+    datatype: StrictStr = Field(examples=["FP32"])
+    parameters: dict[str, Any] | None = None
+    data: TensorData | None = None
+
+
+class RequestedOutputIn(_V2In):
+    name: StrictStr
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(_V2In):
+    """An infer request: its whole body as JSON, or its JSON header before the binary tensors."""
+
+    id: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[RequestedOutputIn] | None = None
+
+
+class RepositoryLoadRequest(BaseModel):
+    """The body of load: models come from the store only, so `parameters` (a config, files) are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    parameters: dict[str, Any] | None = None
+
+
+# --- responses ----------------------------------------------------------------------------------------------
 
 
 class V2Error(BaseModel):
@@ -37,6 +85,7 @@ class RepositoryIndexEntry(BaseModel):
 
 
 class RepositoryIndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     ready: bool = Field(default=False, description="list only models that are ready")
 
 

@@ -260,12 +260,12 @@ def test_admin_route_checks_the_key_itself() -> None:
     """Defence in depth: the route refuses a wrong key even on an app without the access-guard middleware."""
     from fastapi import FastAPI
 
-    from service.errors import install_handlers
+    from service.http import problems
     from service.reload import admin_router
 
     assert admin_router(None) is None and admin_router("") is None
     bare = FastAPI()
-    install_handlers(bare)
+    problems.install(bare)
     router = admin_router(ADMIN)
     assert router is not None
     bare.include_router(router)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from deploykit import REPO, app_get_paths
 
-from service.security import classify
+from service.http.access import classify
 from service.settings import Settings
 
 yaml = pytest.importorskip("yaml", reason="pyyaml (dev extra) parses the manifests")

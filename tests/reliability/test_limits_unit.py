@@ -1,4 +1,4 @@
-"""LimitsMiddleware on a toy app: body size (declared, chunked), 408 slow bodies, 504 slow handlers."""
+"""BodyLimit and Deadline on a toy app: body size (declared, chunked), 408 slow bodies, 504 slow handlers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from service.limits import LimitsMiddleware
+from service.http.body import BodyLimit
+from service.http.deadline import Deadline
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +46,8 @@ def toy_app(max_body: int = 1000, timeout_s: float = 0.0) -> FastAPI:
                 yield b"x"
         return StreamingResponse(gen())
 
-    app.add_middleware(LimitsMiddleware, max_body_bytes=max_body, timeout_s=timeout_s)
+    app.add_middleware(BodyLimit, max_body_bytes=max_body)
+    app.add_middleware(Deadline, timeout_s=timeout_s)
     return app
 
 
@@ -149,7 +151,7 @@ async def test_disconnect_mid_body_never_calls_the_app() -> None:
         nonlocal called
         called = True
 
-    mw = LimitsMiddleware(app, max_body_bytes=100)  # type: ignore[arg-type]
+    mw = BodyLimit(app, max_body_bytes=100)  # type: ignore[arg-type]
     messages = iter([
         {"type": "http.request", "body": b"abc", "more_body": True},
         {"type": "http.disconnect"},

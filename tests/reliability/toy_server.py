@@ -1,4 +1,4 @@
-"""A toy app served by service.shutdown.serve, for the graceful-shutdown test (run as a subprocess).
+"""A toy app served by service.http.server.serve, for the graceful-shutdown test (run as a subprocess).
 
 Usage: python tests/reliability/toy_server.py PORT GRACE_S DRAIN_S HANDLER_S
 """
@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 from fastapi import FastAPI, Request, Response
 
-from service import shutdown
+from service.http import drain as draining
+from service.http import server
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
 
     @app.get("/health/ready")
     async def ready(request: Request, response: Response) -> dict[str, bool]:
-        ok = not shutdown.is_draining(request.app)
+        ok = not draining.is_draining(request.app)
         response.status_code = 200 if ok else 503
         return {"ready": ok}
 
@@ -35,10 +36,12 @@ def main() -> None:
     async def introspect(request: Request) -> dict[str, int]:
         return {"frozen": gc.get_freeze_count(), "received": request.app.state.requests_received()}
 
-    shutdown.install(app, None)
+    app.state.draining = False
+    app.add_middleware(draining.DrainMiddleware, owner=app)
     settings = SimpleNamespace(host="127.0.0.1", port=port, log_level="warning",
-                               shutdown_grace_s=grace, shutdown_drain_s=drain)
-    shutdown.serve(app, settings)
+                               shutdown_grace_s=grace, shutdown_drain_s=drain, max_header_bytes=65536,
+                               max_header_fields=128, header_timeout_s=10.0)
+    server.serve(app, settings)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.security import AccessGuard, KeyRing, classify, document_boundary, invalid_name_in, parse_keys
+from service.http import openapi
+from service.http.access import AccessGuard, KeyRing, classify, invalid_name_in, parse_keys
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +40,7 @@ def toy_app(api_keys: object = None, admin_key: object = None) -> FastAPI:
         return "ok"
 
     app.add_middleware(AccessGuard, api_keys=api_keys, admin_key=admin_key)
-    document_boundary(app, api_keys, admin_key)
+    openapi.install(app, [], api_keys, admin_key)
     return app
 
 

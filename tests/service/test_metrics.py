@@ -6,7 +6,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import Metrics, MetricsMiddleware, router
+from service.api.health import metrics_router as router
+from service.http.timing import MetricsMiddleware
+from service.metrics import Metrics
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

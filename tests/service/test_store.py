@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from storebuilder import build_model, corrupt_manifest
 
-from service.errors import ModelNotFound
 from service.runtime import Runtime
 from service.settings import Settings
-from service.store.repository import ModelStore
+from service.store.repository import ModelStore, UnknownModel
 
 
 def test_latest_is_highest_good_version(store_root: Path) -> None:
@@ -37,13 +36,13 @@ def test_broken_versions_are_skipped_with_reasons(store_root: Path) -> None:
 )
 def test_invalid_names_are_not_found(store_root: Path, name: str) -> None:
     store = ModelStore.open(store_root)
-    with pytest.raises(ModelNotFound, match="not a valid model name"):
+    with pytest.raises(UnknownModel, match="not a valid model name"):
         store.get(name)
 
 
 @pytest.mark.parametrize("version", ["7", "0", "-1", "abc", "1.0", "99999999999"])
 def test_unknown_versions(store_root: Path, version: str) -> None:
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(UnknownModel):
         ModelStore.open(store_root).get("tiny-ae", version)
 
 

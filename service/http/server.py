@@ -1,4 +1,8 @@
-"""Graceful shutdown: on SIGTERM readiness drops at once, in-flight requests finish, and the process exits
+"""The uvicorn server of `python -m service`: header limits at the protocol, and graceful shutdown.
+
+Headers are bounded while they arrive (service.http.headers): size, field count and a header-phase timeout.
+
+Graceful shutdown: on SIGTERM readiness drops at once, in-flight requests finish, and the process exits
 within `settings.shutdown_grace_s`.
 
 The sequence after the first SIGTERM (or SIGINT):
@@ -32,49 +36,13 @@ from typing import Any
 
 import uvicorn
 
-from service.limits import ASGIApp, Message, Receive, Scope, Send
+from service.http.drain import mark_draining
+from service.http.headers import HeaderLimits, guarded_protocol
 
 log = logging.getLogger(__name__)
 
 #: Time kept for the lifespan shutdown after the drain, inside the grace period.
 LIFESPAN_RESERVE_S = 1.0
-
-
-def is_draining(app: Any) -> bool:
-    """True once a shutdown signal has arrived: readiness endpoints must then answer "not ready"."""
-    return bool(getattr(app.state, "draining", False))
-
-
-def mark_draining(app: Any) -> None:
-    """Flip readiness to false (idempotent). Safe to call from a signal handler: it only sets an attribute."""
-    app.state.draining = True
-
-
-class DrainMiddleware:
-    """Adds `Connection: close` to every response once draining, so pooled client connections move away."""
-
-    def __init__(self, app: ASGIApp, owner: Any) -> None:
-        self.app = app
-        self.owner = owner  # the FastAPI app whose state carries the flag
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def closing_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and is_draining(self.owner):
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                message["headers"] = headers + [(b"connection", b"close")]
-            await send(message)
-
-        await self.app(scope, receive, closing_send)
-
-
-def install(app: Any, settings: Any) -> None:
-    """Initialise the readiness flag and the drain middleware on `app`."""
-    app.state.draining = False
-    app.add_middleware(DrainMiddleware, owner=app)
 
 
 class GracefulServer(uvicorn.Server):
@@ -136,6 +104,14 @@ def server_for(app: Any, settings: Any, **config: Any) -> GracefulServer:
         "timeout_graceful_shutdown": drain_budget,
         "workers": 1,
     }
+    limits = HeaderLimits(settings.max_header_bytes, settings.max_header_fields, settings.header_timeout_s)
+    protocol = guarded_protocol(limits)
+    if protocol is not None:
+        kwargs["http"] = protocol
+    else:  # no httptools: uvicorn's h11 bounds the header bytes; nothing times out the header phase
+        log.warning("httptools is not installed: request headers are bounded in size, not in time")
+        kwargs["http"] = "h11"
+        kwargs["h11_max_incomplete_event_size"] = limits.max_bytes
     kwargs.update(config)
     return GracefulServer(uvicorn.Config(app, **kwargs), app, grace_s=grace, drain_s=drain)
 
@@ -145,6 +121,4 @@ def serve(app: Any, settings: Any, **config: Any) -> None:
     server_for(app, settings, **config).run()
 
 
-__all__ = [
-    "DrainMiddleware", "GracefulServer", "install", "is_draining", "mark_draining", "serve", "server_for",
-]
+__all__ = ["GracefulServer", "serve", "server_for"]

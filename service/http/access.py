@@ -28,12 +28,13 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.limits import ASGIApp, Receive, Scope, Send, is_v2, route_path, send_error
+from service.errors import ModelNotFound, RouteNotFound, Unauthorized
+from service.http import problems
 from service.store.manifest import GRAPH_NAME_PATTERN, MODEL_NAME_MAX, is_valid_model_name
 
 log = logging.getLogger(__name__)
@@ -156,11 +157,11 @@ class AccessGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = route_path(scope)
+        path = problems.route_path(scope)
         zone = classify(path)
         if zone == "admin":
             if not self.admin:
-                await send_error(scope, send, 404, "Not Found", kind=("about:blank", "Not found"))
+                await problems.send(scope, send, RouteNotFound("Not Found"))
                 return
             if not self.admin.accepts(bearer_token(scope)):
                 await self._unauthorized(scope, send, "admin")
@@ -172,7 +173,7 @@ class AccessGuard:
         bad = invalid_name_in(path)
         if bad is not None:
             log.info("refused a request with an invalid model name %r", bad[:100])
-            await send_error(scope, send, 404, "invalid model name")
+            await problems.send(scope, send, ModelNotFound("invalid model name"))
             return
         await self.app(scope, receive, send)
 
@@ -183,113 +184,9 @@ class AccessGuard:
         if token is not None:
             challenge += ', error="invalid_token"'
         client = scope.get("client") or ("?", 0)
-        log.info("401 for %s from %s: %s %s key", route_path(scope), client[0],
-                    "wrong" if token else "missing", which)
+        log.info("401 for %s from %s: %s %s key", problems.route_path(scope), client[0],
+                 "wrong" if token else "missing", which)
         detail = f"a valid {which} key is required (Authorization: Bearer <key>)"
         if which == "api":
             detail = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
-        headers = [(b"www-authenticate", challenge.encode())]
-        await send_error(scope, send, 401, detail, headers)
-
-
-# ---- OpenAPI: state what the boundary answers, so /docs, schema clients and fuzzers agree with it ----
-
-_V2_ERROR: dict[str, Any] = {
-    "type": "object",
-    "title": "V2Error",
-    "required": ["error"],
-    "properties": {"error": {"type": "string"}},
-}
-_PROBLEM: dict[str, Any] = {
-    "type": "object",
-    "title": "Problem",
-    "description": "RFC 9457 problem details; extension members (e.g. `errors`, `limit`) may follow",
-    "required": ["type", "title", "status"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-    },
-}
-_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
-
-#: What the middleware in front of every route can answer, whatever the handler declares.
-_BOUNDARY_ERRORS = {
-    "413": "Request body above max_body_bytes (or too many items, or too many image pixels)",
-    "504": "Not answered within request_timeout_s",
-}
-_BODY_ERRORS = {"408": "Request body not received within request_timeout_s"}
-_NAME_IN_PATH_DOC = re.compile(r"^/(v1/models|v2/models|v2/repository/models)/\{")
-
-
-def error_response_doc(path: str, description: str) -> dict[str, Any]:
-    """An OpenAPI response object for an error on `path`, in that API's error shape."""
-    if is_v2(path):
-        return {"description": description, "content": {"application/json": {"schema": _V2_ERROR}}}
-    return {"description": description, "content": {"application/problem+json": {"schema": _PROBLEM}}}
-
-
-def _document_operation(path: str, method: str, op: dict[str, Any], zone: Zone, has_api: bool) -> None:
-    responses: dict[str, Any] = op.setdefault("responses", {})
-    if path.startswith("/v1"):
-        # Every /v1 error is rendered by one handler as problem+json, whatever model a route declared.
-        for code, resp in responses.items():
-            if code[:1] in "45":
-                resp["content"] = error_response_doc(path, "")["content"]
-    elif is_v2(path) and "422" in responses:
-        responses["422"]["content"] = error_response_doc(path, "")["content"]  # V2Route answers 400 anyway
-    if path.startswith(("/v1", "/v2")):
-        for code, text in _BOUNDARY_ERRORS.items():
-            responses.setdefault(code, error_response_doc(path, text))
-        if "requestBody" in op:
-            for code, text in _BODY_ERRORS.items():
-                responses.setdefault(code, error_response_doc(path, text))
-    if "{" in path and _NAME_IN_PATH_DOC.match(path):
-        responses.setdefault("404", error_response_doc(path, "Unknown or invalid model name"))
-    if zone == "admin" or (zone == "inference" and has_api):
-        op["security"] = [{"adminKey" if zone == "admin" else "apiKey": []}]
-        responses.setdefault("401", error_response_doc(path, "Missing or wrong key"))
-
-
-def _bearer(env: str) -> dict[str, str]:
-    return {"type": "http", "scheme": "bearer", "description": f"one of the keys in {env}"}
-
-
-def document_boundary(app: FastAPI, api_keys: Any = None, admin_key: Any = None) -> None:
-    """Wrap `app.openapi` so the document states the bearer schemes and every error the boundary can answer
-    (401, 404 for invalid names, 408, 413, 504, problem+json on /v1), and drops the admin routes while off."""
-    original: Callable[[], dict[str, Any]] = app.openapi
-    has_api = bool(parse_keys(api_keys))
-    has_admin = bool(parse_keys(admin_key))
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = original()
-        paths: dict[str, dict[str, Any]] = schema.get("paths", {})
-        for path in list(paths):
-            zone = classify(path)
-            if zone == "admin" and not has_admin:
-                del paths[path]
-                continue
-            for method, op in paths[path].items():
-                if method in _METHODS:
-                    _document_operation(path, method, op, zone, has_api)
-        if has_api or has_admin:
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            if has_api:
-                schemes["apiKey"] = _bearer("LATENTSERVE_API_KEYS")
-            if has_admin:
-                schemes["adminKey"] = _bearer("LATENTSERVE_ADMIN_KEY")
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def install(app: FastAPI, settings: Any) -> None:
-    """Add the access guard to `app` and document the boundary. Call after `limits.install`."""
-    app.add_middleware(AccessGuard, api_keys=settings.api_keys, admin_key=settings.admin_key)
-    document_boundary(app, settings.api_keys, settings.admin_key)
+        await problems.send(scope, send, Unauthorized(detail, challenge))

@@ -1,0 +1,175 @@
+"""Request headers: read from the scope cheaply, and bounded before the app ever sees them.
+
+The bounds have to act while the headers arrive, in the HTTP protocol, not in ASGI middleware: by the time an
+ASGI app is called the server has already buffered and parsed every header byte (a 48 MB header line took the
+event loop 2 s), and a client that never finishes its headers never reaches the app at all (slowloris). So the
+server's protocol (uvicorn's httptools protocol, through its `http=` setting) is extended with three limits:
+
+    max_header_bytes     request line + header fields, in bytes        431, connection closed
+    max_header_fields    number of header fields                       431, connection closed
+    header_timeout_s     from a connection's start, or a request's     408, connection closed
+                         first byte, to the end of its headers
+
+Bytes are counted exactly where the parser reports them (the URL in pieces, each completed field), and, while
+a field is still incomplete, by the raw bytes fed to the parser: a header block over the limit is refused
+after at most the limit plus two reads (256 KiB each) were buffered. The answers are rendered by the one
+renderer (service.http.problems), in the API style of the path when the path has arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import Scope
+
+from service.errors import HeadersTooLarge, RequestTimeout, ServiceError
+from service.http import problems
+
+log = logging.getLogger(__name__)
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of request header `name` (lower case), read from the raw ASGI list: cheaper than
+    building Starlette's Headers for one lookup on a hot path."""
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v  # type: ignore[no-any-return]
+    return None
+
+
+@dataclass(frozen=True)
+class HeaderLimits:
+    max_bytes: int = 64 * 1024
+    max_fields: int = 128
+    timeout_s: float = 10.0
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+
+
+def guarded_protocol(limits: HeaderLimits) -> Any:
+    """uvicorn's httptools protocol with the header limits above, as a class for `uvicorn.Config(http=...)`;
+    None when httptools is not installed (then uvicorn's h11 protocol bounds the header bytes alone)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_bytes = self._head_raw = self._head_fields = 0
+            self._head_path = b""
+            self._refusal: ServiceError | None = None
+            self._refused = False
+            self._in_head = True
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._arm()  # a connection that sends nothing is closed too
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        # --- the timer ---------------------------------------------------------------------------------
+        def _arm(self) -> None:
+            if self._head_timer is None and limits.timeout_s > 0:
+                self._head_timer = self.loop.call_later(limits.timeout_s, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _timed_out(self) -> None:
+            self._head_timer = None
+            if self._in_head and not self.transport.is_closing():
+                self._refuse(RequestTimeout(f"request headers did not arrive within {limits.timeout_s:g} s"))
+
+        # --- counting ----------------------------------------------------------------------------------
+        def _over(self, size: int, fields: int) -> None:
+            if self._refusal is not None:
+                return
+            if size > limits.max_bytes:
+                self._refusal = HeadersTooLarge(
+                    f"request line and headers are larger than the limit of {limits.max_bytes} bytes",
+                    limit=limits.max_bytes)
+            elif fields > limits.max_fields:
+                self._refusal = HeadersTooLarge(
+                    f"request has more than the limit of {limits.max_fields} header fields",
+                    limit=limits.max_fields)
+
+        def _count(self, n: int, fields: int = 0) -> None:
+            """Bytes (and fields) the parser reported: the URL in pieces, each header field once complete."""
+            self._head_bytes += n
+            self._head_fields += fields
+            self._over(self._head_bytes, self._head_fields)
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            was_head = self._in_head
+            super().data_received(data)
+            if was_head and self._in_head:
+                # The whole read belongs to the head, and a field is still incomplete (the parser buffers it,
+                # unreported): count raw bytes too. Both counts are lower bounds of the head's true size.
+                self._head_raw += len(data)
+                self._over(self._head_raw, 0)
+            if self._refusal is not None:
+                self._refuse(self._refusal)
+
+        # --- parser callbacks --------------------------------------------------------------------------
+        def on_message_begin(self) -> None:
+            self._head_bytes = self._head_raw = self._head_fields = 0
+            self._head_path = b""
+            self._in_head = True
+            self._arm()
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            if len(self._head_path) < 2048:
+                self._head_path += url[:2048]
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4, fields=1)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._disarm()
+            if self._refusal is None:
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if self._refusal is None:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if self._refusal is None:
+                super().on_message_complete()
+
+        # --- the answer ----------------------------------------------------------------------------------
+        def _refuse(self, err: ServiceError) -> None:
+            self._refused = True
+            self._disarm()
+            if self.transport.is_closing():  # uvicorn answered already (a request it could not parse)
+                return
+            path = self._head_path.split(b"?", 1)[0].decode("latin-1") or "/"
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+            log.info("closing connection from %s: %s", client, err.detail)
+            status, body, headers = problems.raw(err, path if path.startswith("/") else "/")
+            head = [_status_line(status)] + [k + b": " + v + b"\r\n" for k, v in headers]
+            self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
+            self.transport.close()
+
+    return GuardedHttpToolsProtocol
