@@ -14,7 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 # A fixed non-root uid/gid, so a store volume written by the trainer is readable by the api, and the same
-# numbers can be named in a Kubernetes securityContext.
+# numbers can be named in a Kubernetes securityContext. USER names them by number: a runtime can then see that
+# the user is not root without reading /etc/passwd.
 RUN groupadd --system --gid 10001 latentserve \
  && useradd --system --uid 10001 --gid latentserve --no-create-home --home-dir /app \
             --shell /usr/sbin/nologin latentserve
@@ -25,6 +26,8 @@ FROM base AS serve-build
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY service ./service
+# The project itself; its dependencies' bounds live in pyproject.toml (DL3013 asks for a version on every name).
+# hadolint ignore=DL3013
 RUN pip install ".[serve]"
 
 # --- serve: the API image -------------------------------------------------------------------------------
@@ -36,7 +39,7 @@ COPY --chown=latentserve:latentserve models_store /models_store
 ENV LATENTSERVE_HOST=0.0.0.0 \
     LATENTSERVE_PORT=8000 \
     LATENTSERVE_STORE=/models_store
-USER latentserve:latentserve
+USER 10001:10001
 EXPOSE 8000
 # slim has no curl: ask Python. urlopen raises on any non-2xx answer, so 503 (not ready, draining) fails.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
@@ -53,13 +56,19 @@ RUN pip install --index-url ${TORCH_INDEX_URL} torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
+# hadolint ignore=DL3013
 RUN pip install ".[train]"
 
 # --- train: the trainer image ---------------------------------------------------------------------------
 FROM base AS train
 COPY --from=train-build /opt/venv /opt/venv
 COPY --chown=latentserve:latentserve models_store /models_store
-USER latentserve:latentserve
-# `docker compose run trainer zoo --store /models_store`, `... fit CONFIG.toml`, `... export-triton --out DIR`
+# The example configs, read-only; run folders (metrics.jsonl, checkpoints) go to ./runs, the one folder under
+# /app (root's) that the trainer may write: compose mounts a volume there, which starts out owned alike.
+COPY configs ./configs
+RUN install -d -o 10001 -g 10001 /app/runs
+USER 10001:10001
+# `docker compose --profile train run --rm trainer zoo --store /models_store`,
+# `... trainer fit configs/ae-digits.toml --store /models_store`, `... trainer export-triton --out DIR`
 ENTRYPOINT ["python", "-m", "training"]
 CMD ["--help"]

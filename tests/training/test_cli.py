@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from training import __main__ as cli
 from training.config import ConfigError, TrainConfig, model_config, parse_overrides, resolve
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
+REPO = Path(__file__).resolve().parents[2]
 
 TOML = """
 [train]
@@ -209,3 +212,94 @@ def test_zoo_builds_names_reports_and_fresh_restarts_at_version_1(tmp_path: Path
     assert "| ae-digits | ae | plain | 1 |" in report and "total build time" in report
     with pytest.raises(ConfigError, match="unknown zoo models"):
         zoo.build_zoo(store, only=["nope"])
+
+
+# --- runs: where run folders go -----------------------------------------------------------------------
+
+
+def test_runs_sets_where_run_folders_go(cfg_file: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "elsewhere"
+    assert cli.main(["fit", str(cfg_file), "--publish", "false", "--runs", str(runs), "--name", "r1"]) == 0
+    assert (runs / "r1" / "metrics.jsonl").is_file()
+    assert resolve(cfg_file).train.runs == "runs"  # the default: ./runs, as before
+
+
+def test_an_unwritable_runs_folder_fails_before_training(cfg_file: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fit", str(cfg_file), "--publish", "false", "--runs", str(blocker / "runs")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "run folder" in err and "cannot write there" in err and "--runs DIR" in err
+
+
+def test_zoo_runs_flag_and_unwritable_runs_fail_before_removing_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from training import zoo
+
+    assert zoo.zoo_spec("vae", tmp_path / "s", tmp_path / "r").train.run_dir == str(tmp_path / "r/zoo/vae")
+    store = tmp_path / "store"
+    (store / "ae-digits" / "1").mkdir(parents=True)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(zoo, "load", lambda *_: pytest.fail("loaded data before checking the folders"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["zoo", "--store", str(store), "--only", "ae", "--fresh", "--runs", str(blocker)])
+    assert exc.value.code == 2 and "run folder" in capsys.readouterr().err
+    assert (store / "ae-digits" / "1").is_dir()  # --fresh removed nothing
+
+
+# --- without torch: one line that says how to install it --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def no_torch_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment whose `import torch` fails as it does where torch is not installed: a `torch` package
+    first on the path that raises ModuleNotFoundError (the real one stays installed for the other tests)."""
+    fake = tmp_path_factory.mktemp("no-torch")
+    (fake / "torch").mkdir()
+    (fake / "torch" / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'torch\'", name="torch")\n')
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
+
+
+@pytest.mark.parametrize("argv", [["--help"], [], ["fit", "configs/ae-digits.toml"], ["fit", "--help"],
+                                  ["zoo", "--store", "/nonexistent/store"], ["nonsense"]],
+                         ids=lambda a: " ".join(a) or "no-args")
+def test_without_torch_prints_one_line_and_exits_2(no_torch_env: dict[str, str], argv: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "training", *argv], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env=no_torch_env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr and not proc.stdout, proc.stderr
+    assert "(missing: torch)" in lines[0]  # the rest of the train extra is installed here
+    assert "make train-env" in lines[0] and f"pip install {cli.TORCH_PIN}" in lines[0]
+    assert "pip install -e '.[train]'" in lines[0]
+
+
+def test_export_triton_still_runs_without_torch(no_torch_env: dict[str, str], tmp_path: Path) -> None:
+    """The README's `export-triton ... # no torch needed` stays true."""
+    proc = subprocess.run([sys.executable, "-m", "training", "export-triton", "--store", "models_store",
+                           "--model", "ae-digits", "--out", str(tmp_path / "triton")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, env=no_torch_env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "triton" / "ae-digits.encoder" / "config.pbtxt").is_file()
+
+
+def test_install_hint_follows_the_pins_and_make_train_env_installs_torch_first() -> None:
+    pin = re.search(r'"(torch==[\d.]+)"', (REPO / "pyproject.toml").read_text())
+    assert pin and cli.TORCH_PIN == pin.group(1)
+    make = (REPO / "Makefile").read_text()
+    target = re.search(r"^train-env:\s*(\S+)", make, re.M)
+    assert target, "make train-env exists"
+    recipe = re.search(rf"^{re.escape(target.group(1))}:.*\n((?:\t.*\n)+)", make, re.M)
+    assert recipe, f"no recipe for {target.group(1)}"
+    steps = recipe.group(1).splitlines()
+    torch_at = next(i for i, s in enumerate(steps) if re.search(rf"pip install\b.*\s{cli.TORCH_PIN}\b", s))
+    extra_at = next(i for i, s in enumerate(steps) if ".[train]" in s)
+    assert torch_at < extra_at, "torch goes in first, pinned, so the train extra does not pick another"
+    run = re.search(r"^run:(.*)$", make, re.M)
+    assert run and ".serve" in run.group(1) and ".train" not in run.group(1) and ".dev" not in run.group(1)
+    assert re.search(r"^models:.*\.train", make, re.M), "make models builds the training environment"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from training.config import ConfigError, TrainConfig
 from training.data import Splits, split, synthetic
 from training.models import REGISTRY, build
 from training.models.base import GenerativeModel
-from training.trainer import CHECKPOINT_NAME, METRICS_NAME, Trainer, seed_everything
+from training.trainer import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    Trainer,
+    available_cpus,
+    pick_threads,
+    seed_everything,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -184,3 +192,54 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_an_unreadable_one(
     (run / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="unreadable"):
         Trainer(make("ae"), config(epochs=3, resume=True), run).fit(splits)
+
+
+# --- the thread default -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "backbone", "env", "cpus", "expected"),
+    [
+        (3, "mlp", {"OMP_NUM_THREADS": "8"}, 16, 3),  # --threads wins over everything
+        (None, "conv", {"OMP_NUM_THREADS": "2"}, 16, 2),  # then the standard OpenMP knob
+        (None, "mlp", {"OMP_NUM_THREADS": "4,2"}, 16, 4),  # a nested OpenMP list: the outer level
+        (None, "mlp", {}, 64, 1),  # an MLP: 1 whatever the machine
+        (None, "mlp", {"OMP_NUM_THREADS": "0"}, 64, 1),  # a bad OpenMP value is ignored
+        (None, "conv", {}, 8, 8),  # a conv net: every CPU the process may use
+        (None, "conv", {"LOCAL_WORLD_SIZE": "2"}, 8, 4),  # shared by the ranks on this machine
+        (None, "conv", {"LOCAL_WORLD_SIZE": "4"}, 3, 1),  # at least 1
+        (None, "conv", {"OMP_NUM_THREADS": "", "LOCAL_WORLD_SIZE": "x"}, 2, 2),
+    ],
+)
+def test_pick_threads(requested: int | None, backbone: str, env: dict[str, str], cpus: int,
+                      expected: int) -> None:
+    threads, why = pick_threads(requested, backbone, env, cpus)
+    assert threads == expected and why
+
+
+@pytest.mark.parametrize(("cpu_max", "cap"), [("200000 100000\n", 2), ("50000 100000", 1),
+                                              ("max 100000", None), ("garbage", None), (None, None)])
+def test_available_cpus_reads_affinity_and_the_cgroup_quota(tmp_path: Path, cpu_max: str | None,
+                                                            cap: int | None) -> None:
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(path) == (min(affinity, cap) if cap is not None else affinity)
+
+
+def test_the_pipeline_applies_the_default_for_the_models_backbone(tmp_path: Path, tiny_spec,  # noqa: ANN001
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """threads left out: a conv net gets the process's CPUs (here pretended to be 3), an MLP 1."""
+    from training import pipeline, trainer
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # tests/conftest.py sets it to 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(trainer, "available_cpus", lambda: 3)
+    seen: list[int] = []
+    monkeypatch.setattr(pipeline.torch, "set_num_threads", seen.append)
+    for backbone in ("conv", "mlp"):
+        spec = tiny_spec("ae", tmp_path / "store", tmp_path / backbone, threads=None, publish=False, epochs=1)
+        spec.model.update(backbone=backbone, channels=(4, 8))
+        pipeline.run(spec)
+    assert TrainConfig().threads is None and seen == [3, 1]
