@@ -52,19 +52,9 @@ class _OnnxSession:
         self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        # The compiled session under InferenceSession.run. That Python wrapper re-checks on every call what
-        # holds here by construction: no WebGPU graph capture (CPU provider), no missing inputs (Runtime.infer
-        # checks), no OrtValue inputs (feeds are numpy), no provider fallback (CPU only). Skipping it saves
-        # ~3 us of a ~130 us /v1 sample request; tests/service/test_runtime.py checks both paths agree. An
-        # onnxruntime without `_sess` gets the public method.
-        inner = getattr(self.session, "_sess", None)
-        self._run = inner.run if inner is not None and hasattr(inner, "run") else self._public_run
-
-    def _public_run(self, names: list[str], feeds: dict[str, np.ndarray], options: None) -> list[np.ndarray]:
-        return self.session.run(names, feeds, options)  # type: ignore[no-any-return]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._run(self.output_names, feeds, None)  # type: ignore[no-any-return]
+        return self.session.run(self.output_names, feeds)  # type: ignore[no-any-return]
 
 
 class _TorchScriptSession:

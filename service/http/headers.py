@@ -10,9 +10,9 @@ server's protocol (uvicorn's httptools protocol, through its `http=` setting) is
     header_timeout_s     from a connection's start, or a request's     408, connection closed
                          first byte, to the end of its headers
 
-Bytes are counted exactly where the parser reports them (the URL in pieces, each completed field), and, while
-a field is still incomplete, by the raw bytes fed to the parser: a header block over the limit is refused
-after at most the limit plus two reads (256 KiB each) were buffered. The answers are rendered by the one
+Bytes are counted where the parser reports them (the URL in pieces, each completed field), and, while a
+field is still incomplete, by the raw bytes fed to the parser: a header block over the limit is refused after
+at most the limit plus two reads (256 KiB each) were buffered. The answers are rendered by the one
 renderer (service.http.problems), in the API style of the path when the path has arrived.
 """
 
@@ -58,60 +58,58 @@ def _status_line(status: int) -> bytes:
 
 def guarded_protocol(limits: HeaderLimits) -> Any:
     """uvicorn's httptools protocol with the header limits above, as a class for `uvicorn.Config(http=...)`;
-    None when httptools is not installed (then uvicorn's h11 protocol bounds the header bytes alone)."""
+    None when httptools is not installed (then uvicorn's h11 protocol bounds the header bytes alone).
+
+    The per-request cost is a few attribute updates: the header phase is timed by a timestamp, and one sweep a
+    second (per process) closes the connections whose header phase has run past `timeout_s`."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return None
 
+    in_head: set[GuardedHttpToolsProtocol] = set()  # connections now in a header phase
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def sweep() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, limits.timeout_s / 4))
+            now = loop.time()
+            for p in [p for p in in_head if now - p._head_since > limits.timeout_s]:
+                p._refuse(RequestTimeout(f"request headers did not arrive within {limits.timeout_s:g} s"))
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._head_bytes = self._head_raw = self._head_fields = 0
-            self._head_path = b""
             self._refusal: ServiceError | None = None
             self._refused = False
-            self._in_head = True
-            self._head_timer: asyncio.TimerHandle | None = None
-            self._arm()  # a connection that sends nothing is closed too
+            self._head_path = b""
+            self._begin()  # a connection that sends nothing is closed too
+            if limits.timeout_s > 0 and not sweeper:
+                sweeper.append(self.loop.create_task(sweep()))
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            in_head.discard(self)
             super().connection_lost(exc)
 
-        # --- the timer ---------------------------------------------------------------------------------
-        def _arm(self) -> None:
-            if self._head_timer is None and limits.timeout_s > 0:
-                self._head_timer = self.loop.call_later(limits.timeout_s, self._timed_out)
+        def _begin(self) -> None:
+            self._head_bytes = self._head_raw = self._head_fields = 0
+            self._in_head = True
+            self._head_since = self.loop.time()
+            in_head.add(self)
 
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _timed_out(self) -> None:
-            self._head_timer = None
-            if self._in_head and not self.transport.is_closing():
-                self._refuse(RequestTimeout(f"request headers did not arrive within {limits.timeout_s:g} s"))
-
-        # --- counting ----------------------------------------------------------------------------------
-        def _over(self, size: int, fields: int) -> None:
+        # --- counting: both counts are lower bounds of the head's true size ------------------------------
+        def _check(self) -> None:
             if self._refusal is not None:
                 return
-            if size > limits.max_bytes:
+            if max(self._head_bytes, self._head_raw) > limits.max_bytes:
                 self._refusal = HeadersTooLarge(
                     f"request line and headers are larger than the limit of {limits.max_bytes} bytes",
                     limit=limits.max_bytes)
-            elif fields > limits.max_fields:
+            elif self._head_fields > limits.max_fields:
                 self._refusal = HeadersTooLarge(
                     f"request has more than the limit of {limits.max_fields} header fields",
                     limit=limits.max_fields)
-
-        def _count(self, n: int, fields: int = 0) -> None:
-            """Bytes (and fields) the parser reported: the URL in pieces, each header field once complete."""
-            self._head_bytes += n
-            self._head_fields += fields
-            self._over(self._head_bytes, self._head_fields)
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
@@ -119,34 +117,35 @@ def guarded_protocol(limits: HeaderLimits) -> Any:
             was_head = self._in_head
             super().data_received(data)
             if was_head and self._in_head:
-                # The whole read belongs to the head, and a field is still incomplete (the parser buffers it,
-                # unreported): count raw bytes too. Both counts are lower bounds of the head's true size.
+                # The whole read belongs to the head and a field is still incomplete: the parser buffers it
+                # without reporting it, so the raw bytes are counted.
                 self._head_raw += len(data)
-                self._over(self._head_raw, 0)
+                self._check()
             if self._refusal is not None:
                 self._refuse(self._refusal)
 
-        # --- parser callbacks --------------------------------------------------------------------------
+        # --- parser callbacks: the URL in pieces, each header field once complete -------------------------
         def on_message_begin(self) -> None:
-            self._head_bytes = self._head_raw = self._head_fields = 0
+            if not self._in_head:
+                self._begin()
             self._head_path = b""
-            self._in_head = True
-            self._arm()
             super().on_message_begin()
 
         def on_url(self, url: bytes) -> None:
             if len(self._head_path) < 2048:
                 self._head_path += url[:2048]
-            self._count(len(url))
+            self._head_bytes += len(url)
             super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4, fields=1)
+            self._head_bytes += len(name) + len(value) + 4
+            self._head_fields += 1
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            self._disarm()
+            in_head.discard(self)
+            self._check()
             if self._refusal is None:
                 super().on_headers_complete()
 
@@ -161,7 +160,7 @@ def guarded_protocol(limits: HeaderLimits) -> Any:
         # --- the answer ----------------------------------------------------------------------------------
         def _refuse(self, err: ServiceError) -> None:
             self._refused = True
-            self._disarm()
+            in_head.discard(self)
             if self.transport.is_closing():  # uvicorn answered already (a request it could not parse)
                 return
             path = self._head_path.split(b"?", 1)[0].decode("latin-1") or "/"

@@ -27,8 +27,8 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.routing import BaseRoute, Match, Route, get_route_path
+from starlette.types import Receive, Scope, Send
 
 from service.errors import InvalidInput, NotReady
 from service.http import forms, problems
@@ -184,6 +184,36 @@ def route(row: Row) -> Route:
     return TableRoute(row.path, endpoint, methods=["POST"], name=endpoint.__name__)
 
 
+class TableIndex(BaseRoute):
+    """The table's routes, found by the last segment of the path: one dict lookup instead of one regex per row.
+
+    FastAPI's router tries its routes in order, so whatever comes first is tried by every request. Mounted
+    first, this index costs a request of any other route one call, and finds a table route's candidates at
+    once; the candidates match as Starlette routes do (so a GET on a POST route is still a 405)."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+        self.by_tail: dict[str, list[Route]] = {}
+        for r in routes:
+            self.by_tail.setdefault(r.path.rsplit("/", 1)[-1], []).append(r)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        path = get_route_path(scope)
+        partial: tuple[Match, Scope] | None = None
+        for r in self.by_tail.get(path[path.rfind("/") + 1:], ()):
+            match, child = r.matches(scope)
+            if match is Match.FULL:
+                return match, child
+            if match is Match.PARTIAL and partial is None:
+                partial = (match, child)
+        return partial or (Match.NONE, {})
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["route"].handle(scope, receive, send)
+
+
 def mount(app: Any, rows: list[Row]) -> None:
-    """Put the rows' routes first in the app's router: the hot paths are matched before anything else."""
-    app.router.routes[0:0] = [route(r) for r in rows]
+    """Put the rows' routes, behind their index, first in the app's router."""
+    app.router.routes.insert(0, TableIndex([route(r) for r in rows]))

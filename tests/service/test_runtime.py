@@ -1,4 +1,4 @@
-"""Runtime's onnxruntime sessions: the direct call under InferenceSession.run, and infer's cached lookups."""
+"""Runtime's onnxruntime sessions, and infer's checks and cached lookups."""
 
 from __future__ import annotations
 
@@ -27,28 +27,23 @@ def opened(tmp_path: Path) -> tuple[Runtime, ModelStore]:
     return rt, ModelStore.open(tmp_path, check=rt.prepare)
 
 
-def test_direct_run_equals_the_public_run(opened: tuple[Runtime, ModelStore]) -> None:
+def test_session_run_equals_onnxruntime(opened: tuple[Runtime, ModelStore]) -> None:
     rt, store = opened
     path = str(_decoder(store))
-    fast = _OnnxSession(path, Settings())
-    assert fast._run != fast._public_run  # noqa: SLF001  this onnxruntime has the compiled session
+    ours = _OnnxSession(path, Settings())
     public = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     z = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     want = public.run(None, {"z": z})
-    got = fast.run({"z": z})
-    assert [o.name for o in public.get_outputs()] == fast.output_names
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-    fast._run = fast._public_run  # noqa: SLF001  an onnxruntime without `_sess`: the public method
-    for a, b in zip(fast.run({"z": z}), want, strict=True):
+    assert [o.name for o in public.get_outputs()] == ours.output_names
+    for a, b in zip(ours.run({"z": z}), want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_direct_run_still_reports_bad_feeds(opened: tuple[Runtime, ModelStore]) -> None:
+def test_session_run_reports_bad_feeds(opened: tuple[Runtime, ModelStore]) -> None:
     _, store = opened
-    fast = _OnnxSession(str(_decoder(store)), Settings())
+    ours = _OnnxSession(str(_decoder(store)), Settings())
     with pytest.raises(Exception, match="(?i)invalid|unexpected|type"):
-        fast.run({"z": np.zeros((1, 4), np.float64)})  # wrong dtype: onnxruntime's own error
+        ours.run({"z": np.zeros((1, 4), np.float64)})  # wrong dtype: onnxruntime's own error
 
 
 def test_infer_checks_inputs_and_names_missing_graphs(opened: tuple[Runtime, ModelStore]) -> None:
