@@ -172,10 +172,11 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], failure: str, timeout_s:
 
 
 @contextmanager
-def server(store: Path, cfg: Config, workdir: Path, pythonpath: tuple[Path, ...] = ()
-           ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def server(store: Path, cfg: Config, workdir: Path, pythonpath: tuple[Path, ...] = (), root: Path = ROOT,
+           cpus: str | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m service` with the default settings but `cfg` (and room for n=1024 requests); `pythonpath`
-    goes ahead of the repository (bench/c1_stubs.py puts a sitecustomize there)."""
+    goes ahead of the repository (bench/c1_stubs.py puts a sitecustomize there). `root`: the checkout whose
+    service runs (bench/boundary.py runs an older commit's); `cpus`: pinned there with taskset."""
     port = free_port()
     env = {
         **os.environ,
@@ -186,15 +187,17 @@ def server(store: Path, cfg: Config, workdir: Path, pythonpath: tuple[Path, ...]
         "LATENTSERVE_LOG_LEVEL": "warning",
         "LATENTSERVE_MAX_ITEMS": "1024",
         "LATENTSERVE_SHUTDOWN_DRAIN_S": "0",
-        "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(root)]),
     }
     for var in ("LATENTSERVE_INLINE_BELOW_US", "LATENTSERVE_INLINE_ALONE_BELOW_US"):
         if cfg.inline_below_us is not None:
             env[var] = str(cfg.inline_below_us)  # the pool configurations: never inline
         else:
             env.pop(var, None)
-    logf = open(workdir / f"server-{cfg.key.replace('/', '-')}.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=logf, stderr=logf)
+    logf = open(workdir / f"server-{cfg.key.replace('/', '-')}-{port}.log", "wb")  # noqa: SIM115 (closed below)
+    pin = ["taskset", "-c", cpus] if cpus else []
+    proc = subprocess.Popen([*pin, sys.executable, "-m", "service"], cwd=root, env=env, stdout=logf,
+                            stderr=logf)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url + "/health/ready", proc, f"server did not become ready; see {logf.name}")
@@ -314,9 +317,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wrk(
-    url: str, sc: Scenario, conc: int, duration: float, workdir: Path, pid: int | None = None
+    url: str, sc: Scenario, conc: int, duration: float, workdir: Path, pid: int | None = None,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; with `pid`, also the server's CPU time per request (robust to a busy host)."""
+    """One wrk run; with `pid`, also the server's CPU time per request (robust to a busy host); with `cpus`,
+    wrk pinned there (taskset)."""
     body = workdir / "body.bin"
     body.write_bytes(sc.body)
     out = workdir / "wrk.json"
@@ -329,6 +334,7 @@ def wrk(
         "WRK_OUT": str(out),
     }
     cmd = [
+        *(["taskset", "-c", cpus] if cpus else []),
         WRK,
         "-t1",
         f"-c{conc}",
@@ -422,8 +428,8 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("response: send through the middleware chain, uvicorn, socket write", ("Response.__call__",)),
     ("sync FastAPI dependencies, each a thread-pool round trip", ("run_in_threadpool",)),
     ("inference dispatch: Runtime.infer, batcher, thread hand-off", ("Runtime.infer",)),
-    ("endpoint: parse, validate, ops, encode", ("run_endpoint_function", "lean_handler.<locals>.handler")),
-    ("FastAPI routing, body reading, dependency solving", ("APIRouter.app", "Router.__call__", "HotIndex.")),
+    ("endpoint: parse, validate, ops, encode", ("run_endpoint_function", "route.<locals>.endpoint")),
+    ("routing, body reading", ("APIRouter.app", "Router.__call__", "TableIndex.")),
     ("middleware before the router (limits, access, drain, metrics ...)", ("FastAPI.__call__",)),
 ]
 OUTSIDE = "uvloop and uvicorn outside the app: sockets, HTTP parsing, waiting"

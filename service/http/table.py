@@ -185,7 +185,7 @@ def route(row: Row) -> Route:
 
 
 class TableIndex(BaseRoute):
-    """The table's routes, found by the last segment of the path: one dict lookup instead of one regex per row.
+    """The table's routes, found by the last segment of the path: a dict lookup instead of a regex per row.
 
     FastAPI's router tries its routes in order, so whatever comes first is tried by every request. Mounted
     first, this index costs a request of any other route one call, and finds a table route's candidates at

@@ -134,6 +134,38 @@ class LatentSpec(_Strict):
 ScoreKind = Literal["reconstruction", "vae_elbo", "fanogan"]
 
 
+class MapSpec(_Strict):
+    """A score that is a map: the per-pixel map (the channel mean of the score's map, (H, W) per image) is
+    the anomaly map, and the image score is its reduction. Pixels above `pixel_threshold` make the mask, and
+    its connected parts of at least `min_region_pixels` are the regions."""
+
+    reduction: Literal["mean", "max", "top_mean"] = Field(
+        default="top_mean", description="image score from the map: mean, max, or mean of the top fraction")
+    top_fraction: float = Field(default=0.01, gt=0, le=1, description="for top_mean: the share of pixels")
+    pixel_threshold: float = Field(description="a map value above this is an anomalous pixel")
+    pixel_rule: str = Field(description="how the pixel threshold was calibrated, in words")
+    min_region_pixels: int = Field(default=1, ge=1, description="smaller connected parts are not regions")
+
+
+class Calibration(_Strict):
+    """Quantiles of the scores on held-out normal images, so a client can ask for a false-positive rate
+    instead of a threshold: the threshold for rate r is the (1 - r) quantile, interpolated."""
+
+    probs: list[float] = Field(description="ascending, in (0, 1)")
+    image: list[float] = Field(description="image-score quantiles at `probs`")
+    pixel: list[float] | None = Field(default=None, description="map-value quantiles at `probs` (map scores)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Calibration:
+        n = len(self.probs)
+        if n < 2 or any(not 0 < p < 1 for p in self.probs) or self.probs != sorted(self.probs):
+            raise ValueError("calibration probs must be at least two ascending values in (0, 1)")
+        for name, q in (("image", self.image), ("pixel", self.pixel)):
+            if q is not None and (len(q) != n or q != sorted(q)):
+                raise ValueError(f"calibration {name} quantiles must be ascending, one per prob")
+        return self
+
+
 class AnomalySpec(_Strict):
     """How the anomaly score is computed and where normal ends.
 
@@ -147,6 +179,26 @@ class AnomalySpec(_Strict):
     rule: str = Field(description="how the threshold was calibrated, in words")
     normalisation: Literal["logistic"] = "logistic"
     scale: float = Field(gt=0)
+    map: MapSpec | None = Field(default=None, description="the score is a reduction of a per-pixel map")
+    calibration: Calibration | None = Field(default=None, description="score quantiles on normal images")
+
+
+class SpatialSpec(_Strict):
+    """A fully convolutional model: each graph runs on any H and W that are multiples of `multiple`, and keeps
+    the layout (its latent is (latent_channels, H / multiple, W / multiple)). `data.shape` is the crop it was
+    trained on; the service scores an image at its own size, in overlapping tiles when a side exceeds
+    `tile`."""
+
+    multiple: int = Field(gt=0, description="H and W must be multiples of this (2 ** depth)")
+    latent_channels: int = Field(gt=0)
+    tile: int = Field(gt=0, description="images with a side above this run in tiles of tile x tile pixels")
+    overlap: int = Field(ge=0, description="pixels shared by neighbouring tiles, blended at the seams")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpatialSpec:
+        if self.tile % self.multiple or self.overlap % self.multiple or self.overlap * 2 >= self.tile:
+            raise ValueError("tile and overlap must be multiples of `multiple`, and overlap < tile / 2")
+        return self
 
 
 class Manifest(_Strict):
@@ -165,6 +217,7 @@ class Manifest(_Strict):
     files: dict[str, str] = Field(description="sha256 of every other file in the version folder")
     capabilities: list[Capability]
     anomaly: AnomalySpec | None = None
+    spatial: SpatialSpec | None = Field(default=None, description="fully convolutional: runs at any size")
     metrics: dict[str, float | int | str] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict, description="config, seed and data split")
 
@@ -214,6 +267,11 @@ class Manifest(_Strict):
             raise ValueError("capability 'anomaly-score' needs an 'anomaly' section")
         if self.anomaly is not None and self.anomaly.score == "fanogan" and "critic" not in self.graphs:
             raise ValueError("fanogan score needs a 'critic' graph")
+        if self.spatial is not None:
+            if {"sample", "interpolate"} & set(self.capabilities):
+                raise ValueError("a fully convolutional model has no prior to sample or interpolate")
+            if self.data.shape[1] % self.spatial.multiple or self.data.shape[2] % self.spatial.multiple:
+                raise ValueError("the training crop (data.shape) must be a multiple of spatial.multiple")
         return self
 
     @property

@@ -113,3 +113,29 @@ def normalise(raw: np.ndarray, threshold: float, scale: float) -> np.ndarray:
 def params_float(params: Mapping[str, float | str], key: str, default: float) -> float:
     v = params.get(key, default)
     return float(v)
+
+
+# --- maps: image score, thresholds by false-positive rate ---------------------------------------------------
+def pixel_map(score_map: np.ndarray) -> np.ndarray:
+    """The anomaly map of a score's map: (B, C, H, W) -> (B, H, W), the mean over channels."""
+    return np.asarray(score_map, dtype=np.float32).mean(axis=1)
+
+
+def reduce_map(amap: np.ndarray, reduction: str, top_fraction: float = 0.01) -> np.ndarray:
+    """Image scores (B,) from anomaly maps (B, H, W): the mean, the max, or the mean of the top fraction of
+    pixels (at least one), the reduction a manifest's `anomaly.map` names."""
+    flat = np.asarray(amap, dtype=np.float64).reshape(len(amap), -1)
+    if reduction == "mean":
+        return flat.mean(axis=1)
+    if reduction == "max":
+        return flat.max(axis=1)
+    if reduction == "top_mean":
+        k = max(1, int(round(flat.shape[1] * top_fraction)))
+        return np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+    raise ValueError(f"unknown map reduction {reduction!r}")
+
+
+def threshold_at_fpr(probs: list[float], quantiles: list[float], fpr: float) -> float:
+    """The threshold that flags a share `fpr` of normal scores: their (1 - fpr) quantile, interpolated
+    between the calibration's quantiles (clamped to the ones recorded)."""
+    return float(np.interp(1.0 - fpr, probs, quantiles))

@@ -1,7 +1,7 @@
 """Open Inference Protocol (KServe V2) tensor codec: JSON tensors and Triton's binary tensor data extension.
 
 Pure functions on bytes and numpy arrays, so they are testable without HTTP. The JSON part of a request is
-validated by pydantic (service.v2.schemas.InferenceRequest) on the bytes; nothing else parses it.
+validated by pydantic (service.v2.schemas.INFERENCE_REQUEST) on the bytes; nothing else parses it.
 
 Request body (binary extension): a JSON header of `Inference-Header-Content-Length` bytes, then the raw
 little-endian bytes of every input whose `parameters.binary_data_size` is set, in the order the inputs are
@@ -126,14 +126,14 @@ def _why(exc: ValidationError) -> str:
 
 def _decode_input(t: schemas.InferInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """One input tensor; returns (array, new offset into the binary section)."""
-    name, shape, dt_name = t.name, tuple(t.shape), t.datatype
+    name, shape, dt_name = t["name"], tuple(t["shape"]), t["datatype"]
     dtype = DATATYPES.get(dt_name)
     if dtype is None:
         raise CodecError(f"input {name!r}: unsupported datatype {dt_name!r} (use one of {sorted(DATATYPES)})")
-    count = math.prod(shape)
-    if math.prod(d for d in shape if d) * dtype.itemsize >= 2**48:  # numpy could not even describe it
+    count = math.prod(shape)  # > 0: bounded by the body it must fit; = 0: numpy must still describe the shape
+    if not count and math.prod(d or 1 for d in shape) * dtype.itemsize >= 2**48:
         raise CodecError(f"input {name!r}: shape {list(shape)} is too large")
-    size = (t.parameters or {}).get("binary_data_size")
+    size = (t.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise CodecError(f"input {name!r}: binary_data_size must be a non-negative integer")
@@ -143,9 +143,10 @@ def _decode_input(t: schemas.InferInput, binary: memoryview, offset: int) -> tup
         if offset + size > len(binary):
             raise CodecError(f"input {name!r}: body ends before its {size} binary bytes")
         return np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape), offset + size
-    if t.data is None:
+    data = t.get("data")
+    if data is None:
         raise CodecError(f"input {name!r}: needs 'data' or parameters.binary_data_size")
-    arr = _from_json(name, t.data, dt_name, dtype)
+    arr = _from_json(name, data, dt_name, dtype)
     if arr.size != count:
         raise CodecError(f"input {name!r}: {arr.size} elements do not fit shape {list(shape)}")
     return arr.reshape(shape), offset
@@ -179,46 +180,46 @@ def _outputs(raw: list[schemas.RequestedOutputIn] | None) -> list[RequestedOutpu
         return None
     out = []
     for o in raw:
-        p = o.parameters or {}
+        p = o.get("parameters") or {}
         if p.get("classification"):
             raise CodecError("the classification extension is not supported")
         if "shared_memory_region" in p:
             raise CodecError("the shared-memory extension is not supported")
         b = p.get("binary_data")
         if b is not None and not isinstance(b, bool):
-            raise CodecError(f"output {o.name!r}: parameters.binary_data must be true or false")
-        out.append(RequestedOutput(o.name, b))
+            raise CodecError(f"output {o['name']!r}: parameters.binary_data must be true or false")
+        out.append(RequestedOutput(o["name"], b))
     return out
 
 
 def decode_request(body: bytes, header_len: int | None = None) -> InferRequest:
     """Decode an (already decompressed) infer request body: the JSON part validated by pydantic
-    (`schemas.InferenceRequest`), then each input's tensor from its JSON data or its binary bytes."""
+    (`schemas.INFERENCE_REQUEST`), then each input's tensor from its JSON data or its binary bytes."""
     if header_len is not None and not 0 <= header_len <= len(body):
         raise CodecError(f"{HEADER_LENGTH} {header_len} is outside the body ({len(body)} bytes)")
     split = len(body) if header_len is None else header_len
     view = memoryview(body)
     head = body if header_len is None else bytes(view[:split])  # a copy of the (small) JSON header only
     try:
-        doc = schemas.InferenceRequest.model_validate_json(head)
+        doc = schemas.INFERENCE_REQUEST.validate_json(head)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         if errors and errors[0]["type"] == "json_invalid":
             raise CodecError(f"request header is not valid JSON: {errors[0]['msg']}") from None
         raise CodecError(_why(exc)) from None
     binary, offset, inputs = view[split:], 0, {}
-    for t in doc.inputs:
-        if t.name in inputs:
-            raise CodecError(f"input {t.name!r} is given twice")
-        inputs[t.name], offset = _decode_input(t, binary, offset)
+    for t in doc["inputs"]:
+        if t["name"] in inputs:
+            raise CodecError(f"input {t['name']!r} is given twice")
+        inputs[t["name"]], offset = _decode_input(t, binary, offset)
     if offset != len(binary):
         raise CodecError(f"{len(binary) - offset} trailing binary bytes match no input")
-    params = doc.parameters or {}
+    params = doc.get("parameters") or {}
     binary_output = params.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise CodecError("parameters.binary_data_output must be true or false")
-    return InferRequest(inputs=inputs, id=doc.id, outputs=_outputs(doc.outputs), binary_output=binary_output,
-                        parameters=params)
+    return InferRequest(inputs=inputs, id=doc.get("id"), outputs=_outputs(doc.get("outputs")),
+                        binary_output=binary_output, parameters=params)
 
 
 def encode_response(

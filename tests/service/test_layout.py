@@ -86,7 +86,7 @@ def test_a_v1_body_is_parsed_in_one_place() -> None:
     """Only the operations table validates request JSON (forms: their JSON fields); only the V2 codec reads
     the V2 request (through its pydantic model). Nothing else in the service parses JSON, but the store's
     manifests."""
-    parsers = re.compile(r"model_validate_json|json\.loads|orjson\.loads|from_json\(")
+    parsers = re.compile(r"validate_json|json\.loads|orjson\.loads|from_json\(")
     where = sorted({str(p.relative_to(ROOT)) for p in SERVICE.rglob("*.py")
                     if parsers.search(p.read_text())})
     assert where == ["service/http/forms.py", "service/http/table.py", "service/store/manifest.py",
