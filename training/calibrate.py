@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from service.store import scores
-from service.store.manifest import AnomalySpec, GaussianPrior, GMMPrior, NormalPrior
+from service.store.manifest import AnomalySpec, Calibration, GaussianPrior, GMMPrior, MapSpec, NormalPrior
 from training.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,11 @@ Runner = Callable[[str, np.ndarray], dict[str, np.ndarray]]
 BATCH = 512
 #: The median validation score maps to this normalised score (the threshold maps to 0.5).
 MEDIAN_NORMALISED = 0.1
+#: Map models publish their normal scores' quantiles at these probabilities (anomaly.calibration): the
+#: service turns a false-positive rate r into the (1 - r) quantile, so they cover r from 50% to 0.1%.
+CALIBRATION_PROBS = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+#: Code vectors (one per latent position) a spatial model's prior is fitted on, at most.
+PRIOR_POSITIONS = 4096
 
 
 def torch_runner(model: GenerativeModel) -> Runner:
@@ -62,6 +67,46 @@ def compute_scores(kind: str, params: Mapping[str, float | str], run: Runner, x:
         return run(graph, a)
 
     return asyncio.run(scores.anomaly(kind, params, x, run_async))
+
+
+def image_scores(spec: AnomalySpec, run: Runner, x: np.ndarray) -> np.ndarray:
+    """Image scores as a manifest defines them: the score's raw value, or for a map score (`spec.map`) the
+    reduction of its anomaly map, `scores.reduce_map(scores.pixel_map(map), ...)`, as the service computes."""
+    raw, score_map = compute_scores(spec.score, spec.params, run, x)
+    if spec.map is None:
+        return raw
+    return scores.reduce_map(scores.pixel_map(score_map), spec.map.reduction, spec.map.top_fraction)
+
+
+def _quantiles(values: np.ndarray, probs: tuple[float, ...]) -> list[float]:
+    q = np.quantile(np.asarray(values, dtype=np.float64), probs)
+    return np.maximum.accumulate(q).tolist()  # ascending even where float rounding would say otherwise
+
+
+def calibrate_map(kind: str, params: Mapping[str, float | str], run: Runner, val_x: np.ndarray, *,
+                  quantile: float, pixel_quantile: float, reduction: str, top_fraction: float,
+                  min_region_pixels: int, population: str) -> AnomalySpec:
+    """The anomaly section of a map model, from held-out normal images `val_x`: image score = the map's
+    `reduction`; image threshold and logistic scale by `calibrate_threshold`'s rule on those scores; pixel
+    threshold = the `pixel_quantile` of all their map values; and the quantiles of both at
+    CALIBRATION_PROBS, for thresholds by false-positive rate."""
+    _, score_map = compute_scores(kind, params, run, val_x)
+    amap = scores.pixel_map(score_map)  # (N, H, W)
+    img = scores.reduce_map(amap, reduction, top_fraction)
+    base = calibrate_threshold(kind, params, img, quantile, population)
+    h, w = amap.shape[1:]
+    how = f"{reduction} of the anomaly map" + (f" over its top {top_fraction:g} of pixels"
+                                               if reduction == "top_mean" else "")
+    pixel_rule = (f"{pixel_quantile * 100:g}th percentile of the anomaly-map values of held-out validation "
+                  f"images ({population}, {len(amap)} windows of {h}x{w}, {amap.size} pixels)")
+    spec = base.model_dump()
+    spec["rule"] = f"image score = {how}; threshold = {base.rule}"
+    return AnomalySpec(**{**spec, "map": MapSpec(
+        reduction=reduction, top_fraction=top_fraction,  # type: ignore[arg-type]
+        pixel_threshold=float(np.quantile(amap.astype(np.float64), pixel_quantile)), pixel_rule=pixel_rule,
+        min_region_pixels=min_region_pixels,
+    ), "calibration": Calibration(probs=list(CALIBRATION_PROBS), image=_quantiles(img, CALIBRATION_PROBS),
+                                  pixel=_quantiles(amap, CALIBRATION_PROBS))})
 
 
 def calibrate_threshold(kind: str, params: Mapping[str, float | str], val_scores: np.ndarray,
@@ -116,6 +161,10 @@ def latent_prior(model: GenerativeModel, train_x: np.ndarray, kind: str, compone
     if chosen == "normal":
         return NormalPrior()
     codes = first(torch_runner(model)("encoder", train_x))
+    if codes.ndim == 4:  # a spatial code (N, C_z, h, w): the density of one position's code vector
+        codes = codes.transpose(0, 2, 3, 1).reshape(-1, codes.shape[1])
+        if len(codes) > PRIOR_POSITIONS:
+            codes = codes[np.random.default_rng(seed).choice(len(codes), PRIOR_POSITIONS, replace=False)]
     return fit_prior(codes, chosen, components, seed)
 
 

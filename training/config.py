@@ -33,6 +33,7 @@ class ConfigError(ValueError):
 
 Device = Literal["auto", "cpu", "cuda"]
 PriorKind = Literal["gaussian", "gmm"]
+MapReduction = Literal["mean", "max", "top_mean"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,21 @@ class TrainConfig:
     # README's ae-digits run trained in 15.5 s on it against 1.9 s on 1 thread (2 busy cores; see
     # training.trainer.pick_threads)
     threads: int | None = None
+    channels: int | None = None  # 1 (grey) or 3 (RGB); None: the source's own (image folders: grey)
+    # --- random crops (training.data.crops): images of any size, image folders streamed from disk
+    crop: int | None = None  # side of the square training crops; None: whole images, all of one size
+    crops_per_image: int = 8  # crops taken from each image read (decoding a photo costs more than a crop)
+    epoch_crops: int | None = None  # crops per epoch; None: crops_per_image from every training image
+    workers: int | None = None  # DataLoader workers decoding images; None: 2 for an image folder, else 0
+    # --- anomaly maps (fcn backbone): published in the manifest's anomaly.map, anomaly.calibration, spatial
+    # top_mean with a fraction is a quantile of the map, so its level carries over from the crop to larger
+    # images (max grows with the pixel count); the fraction is of the pixels, at least one
+    map_reduction: MapReduction = "top_mean"
+    top_fraction: float = 0.01
+    pixel_quantile: float = 0.999  # pixel threshold = this quantile of map values on validation windows
+    min_region_pixels: int = 16  # smaller connected parts of the mask are not regions
+    tile: int | None = None  # the service's tile side for larger images; None: 256 (a multiple of 2**k)
+    overlap: int | None = None  # pixels shared by neighbouring tiles; None: 32 (a multiple of 2**k)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -80,10 +96,20 @@ class TrainConfig:
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
             raise ConfigError(f"min_delta must be >= 0, got {self.min_delta}")
-        for field_name in ("steps_per_epoch", "threads"):
+        for field_name in ("steps_per_epoch", "threads", "crop", "epoch_crops", "tile"):
             value = getattr(self, field_name)
             if value is not None and value < 1:
                 raise ConfigError(f"{field_name} must be >= 1 (or left out), got {value}")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if self.crops_per_image < 1 or self.min_region_pixels < 1:
+            raise ConfigError("crops_per_image and min_region_pixels must be >= 1")
+        if (self.workers is not None and self.workers < 0) or (self.overlap is not None and self.overlap < 0):
+            raise ConfigError("workers and overlap must be >= 0 (or left out)")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ConfigError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+        if not 0.0 < self.pixel_quantile < 1.0:
+            raise ConfigError(f"pixel_quantile must be in (0, 1), got {self.pixel_quantile}")
 
 
 # --- type checking of values ------------------------------------------------------------------------

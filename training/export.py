@@ -4,6 +4,10 @@ The parity gate runs onnxruntime and torch on the same inputs -- random ones and
 at a larger batch -- and refuses (ParityError) when any output differs by more than PARITY_ATOL. The
 TorchScript twin is checked the same way. The measured maximum differences go into the manifest metrics.
 
+A spatial graph (fully convolutional, `GraphExport.spatial`) has dynamic H and W as well as the batch, so
+one graph runs on a crop or a whole photo; its parity is checked at the export size and at OTHER_SIZES
+more (other shapes, not square), and its TensorSpecs carry -1 for H and W.
+
 Exporter: torch 2.13's default ONNX exporter is the torch.export ("dynamo") one; it takes ~3 s per graph
 here against ~0.1 s for the TorchScript-based one, which still works (deprecated). We use the fast one and
 fall back to dynamo if it fails; either way the parity gate decides. torch.jit.trace works in 2.13
@@ -30,6 +34,9 @@ OPSET = 17
 PARITY_ATOL = 1e-4
 RANDOM_BATCHES = (1, 7)
 REAL_BATCHES = (1, 32)
+#: Spatial graphs: (H, W) of the extra random cases, in multiples of the graph's own size multiple added to
+#: its export size: one taller, one wider and larger.
+OTHER_SIZES = ((1, 0), (2, 5))
 
 
 class ExportError(RuntimeError):
@@ -53,8 +60,11 @@ def _outputs(module: nn.Module, x: Tensor) -> list[Tensor]:
 
 
 def _onnx_export(module: nn.Module, example: Tensor, path: Path, g: GraphExport) -> str:
-    """Write one ONNX file with a dynamic batch dimension; returns the exporter used."""
-    axes = {n: {0: "batch"} for n in [*g.input_names, *g.output_names]}
+    """Write one ONNX file with a dynamic batch dimension (and H, W for a spatial graph); returns the
+    exporter used."""
+    names = [*g.input_names, *g.output_names]
+    # H and W are named per tensor: an encoder's output is 2**k times smaller than its input
+    axes = {n: {0: "batch", **({2: f"{n}_height", 3: f"{n}_width"} if g.spatial else {})} for n in names}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -65,13 +75,27 @@ def _onnx_export(module: nn.Module, example: Tensor, path: Path, g: GraphExport)
     except Exception as exc:  # noqa: BLE001 - any failure of the fast path falls back to dynamo
         log.warning("legacy ONNX export failed (%s); trying the dynamo exporter", exc)
     batch = torch.export.Dim("batch", min=1)
+    shapes: dict[int, object] = {0: batch}
+    if g.spatial:  # H and W are multiples of what the graph needs: the example's own size is one
+        m = _multiple(module, example)
+        shapes[2] = m * torch.export.Dim("h", min=1)
+        shapes[3] = m * torch.export.Dim("w", min=1)
     try:
         torch.onnx.export(module, (example,), str(path), input_names=g.input_names,
                           output_names=g.output_names, opset_version=OPSET, dynamo=True, external_data=False,
-                          dynamic_shapes=({0: batch},))
+                          dynamic_shapes=(shapes,))
     except Exception as exc:
         raise ExportError(f"ONNX export of {path.name} failed: {exc}") from exc
     return "dynamo"
+
+
+def _multiple(module: nn.Module, example: Tensor) -> int:
+    """The size multiple of a spatial graph's input: the model's 2 ** depth for an image, 1 for a code."""
+    model = getattr(module, "model", None)
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or tuple(example.shape[1:]) != tuple(cfg.input_shape):
+        return 1
+    return int(cfg.multiple)
 
 
 def _torchscript_export(module: nn.Module, example: Tensor, path: Path) -> bool:
@@ -105,16 +129,23 @@ def parity_inputs(name: str, g: GraphExport, model: GenerativeModel, real_images
     gen = torch.Generator().manual_seed(seed)
     shape = tuple(g.example.shape[1:])
     is_image = shape == tuple(model.cfg.input_shape)
-    cases = []
-    for b in RANDOM_BATCHES:
-        t = torch.rand(b, *shape, generator=gen) if is_image else torch.randn(b, *shape, generator=gen)
-        cases.append((f"random[{b}]", t))
+
+    def draw(*size: int) -> Tensor:
+        return torch.rand(*size, generator=gen) if is_image else torch.randn(*size, generator=gen)
+
+    cases = [(f"random[{b}]", draw(b, *shape)) for b in RANDOM_BATCHES]
+    if g.spatial:  # the same graph at other sizes: H and W are dynamic
+        c, h, w = shape
+        m = model.cfg.multiple if is_image else 1
+        for dh, dw in OTHER_SIZES:
+            hh, ww = h + dh * m, w + dw * m
+            cases.append((f"random[2, {hh}x{ww}]", draw(2, c, hh, ww)))
     if real_images is not None and len(real_images):
         imgs = torch.from_numpy(np.ascontiguousarray(real_images[: max(REAL_BATCHES)]))
         real: Tensor | None = None
         if is_image:
             real = imgs
-        elif shape == (model.cfg.latent_dim,):
+        elif shape[0] == model.cfg.latent_dim and (len(shape) == 1 or g.spatial):
             with torch.no_grad():
                 real = model.encode(imgs)
         if real is not None:
@@ -154,6 +185,14 @@ def check_parity(name: str, module: nn.Module, onnx_path: Path, ts_path: Path | 
     return onnx_max, ts_max
 
 
+def _spec_shape(shape: torch.Size, spatial: bool) -> list[int]:
+    """A TensorSpec shape: -1 for the batch, and for H and W of a spatial graph."""
+    dims = [-1, *shape[1:]]
+    if spatial:
+        dims[2:4] = [-1, -1]
+    return dims
+
+
 def export_model(model: GenerativeModel, out_dir: Path, real_images: np.ndarray | None = None,
                  torchscript: bool = True) -> Exported:
     """Export every graph of `model` into `out_dir` (CPU, eval mode) and pass the parity gate."""
@@ -174,8 +213,8 @@ def export_model(model: GenerativeModel, out_dir: Path, real_images: np.ndarray 
         outs = _outputs(module, example)
         specs[name] = GraphSpec(
             file=onnx_path.name, torchscript=ts_path.name if has_ts else None,
-            inputs=[TensorSpec(name=n, shape=[-1, *example.shape[1:]]) for n in g.input_names],
-            outputs=[TensorSpec(name=n, shape=[-1, *o.shape[1:]])
+            inputs=[TensorSpec(name=n, shape=_spec_shape(example.shape, g.spatial)) for n in g.input_names],
+            outputs=[TensorSpec(name=n, shape=_spec_shape(o.shape, g.spatial))
                      for n, o in zip(g.output_names, outs, strict=True)],
         )
     metrics: dict[str, float | str] = {

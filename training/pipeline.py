@@ -2,6 +2,11 @@
 
 Every step goes through the family interface only, so a newly registered family is published by the same
 code. Under torchrun every rank trains; rank 0 alone evaluates, exports and publishes, between barriers.
+
+With `crop` set, the model trains on random crops of images of any size (`training.data.crops`; folders
+stream from disk), and validation, calibration and metrics use crop-sized windows of held-out images. A
+fully convolutional model (backbone "fcn") publishes `spatial`, an anomaly map (`anomaly.map`) and score
+quantiles (`anomaly.calibration`), and no `sample` or `interpolate`: it has no flat prior to draw from.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ import torch
 from service.store.manifest import (
     ALL_CAPABILITIES,
     MODEL_NAME_PATTERN,
+    AnomalySpec,
     DataSpec,
     LatentSpec,
     Manifest,
+    SpatialSpec,
     is_valid_model_name,
 )
 from training import calibrate
 from training.config import ConfigError, RunSpec, TrainConfig, model_config, to_dict
-from training.data import ImageSet, Splits, load, split
+from training.data import DataError, ImageSet, Splits, load_channels, split
+from training.data.crops import ArrayImages, CropSplits, Images, open_images, split_crops
 from training.export import export_model
 from training.models import REGISTRY
 from training.models.base import GenerativeModel
@@ -72,19 +80,45 @@ def code_version() -> str:
     return f"{v}+g{sha}" if sha else v
 
 
-def capabilities(graphs: set[str]) -> list[str]:
+#: What a fully convolutional model cannot offer: there is no flat prior to sample or walk in.
+NO_PRIOR = frozenset({"sample", "interpolate"})
+#: Default tile and overlap for the service's tiling of larger images (rounded up to the model's multiple).
+TILE, OVERLAP = 256, 32
+
+
+def capabilities(graphs: set[str], spatial: bool = False) -> list[str]:
     """What the service can offer with these graphs (mirrors the manifest's own consistency rule)."""
     if {"encoder", "decoder"} <= graphs:
-        return list(ALL_CAPABILITIES)
-    caps = []
-    if "encoder" in graphs:
-        caps.append("encode")
-    if "decoder" in graphs:
-        caps += ["decode", "sample", "interpolate"]
-    return caps
+        caps = list(ALL_CAPABILITIES)
+    else:
+        caps = []
+        if "encoder" in graphs:
+            caps.append("encode")
+        if "decoder" in graphs:
+            caps += ["decode", "sample", "interpolate"]
+    return [c for c in caps if not (spatial and c in NO_PRIOR)]
 
 
-def model_name(cfg: TrainConfig, data: ImageSet) -> str:
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def spatial_spec(cfg: TrainConfig, model: GenerativeModel) -> SpatialSpec | None:
+    """The manifest's `spatial` for an fcn model (None for the others); ConfigError before training when the
+    tile or overlap does not fit the model."""
+    if not model.cfg.spatial:
+        return None
+    m = model.cfg.multiple
+    overlap = cfg.overlap if cfg.overlap is not None else _round_up(OVERLAP, m)
+    tile = cfg.tile if cfg.tile is not None else max(_round_up(TILE, m), 4 * overlap)
+    try:
+        return SpatialSpec(multiple=m, latent_channels=model.cfg.latent_dim, tile=tile, overlap=overlap)
+    except ValueError as exc:
+        raise ConfigError(f"tile {tile} and overlap {overlap} must be multiples of {m} (2 ** depth) with "
+                          "overlap < tile / 2") from exc
+
+
+def model_name(cfg: TrainConfig, data: ImageSet | Images) -> str:
     """cfg.name, else "<model>-<dataset>" made safe; checked before training, not after."""
     name = cfg.name or re.sub(r"[^a-z0-9]+", "-", f"{cfg.model}-{data.name}".lower()).strip("-")
     if not is_valid_model_name(name):
@@ -115,7 +149,7 @@ def anomaly_metrics(model: GenerativeModel, splits: Splits, spec: Any) -> dict[s
         return {}
     from sklearn.metrics import roc_auc_score
 
-    s, _ = calibrate.compute_scores(spec.score, spec.params, calibrate.torch_runner(model), splits.test.x)
+    s = calibrate.image_scores(spec, calibrate.torch_runner(model), splits.test.x)
     is_anomaly = ~np.isin(splits.test.y, np.asarray(splits.normal_classes))
     if is_anomaly.all() or not is_anomaly.any():
         return {}
@@ -123,9 +157,24 @@ def anomaly_metrics(model: GenerativeModel, splits: Splits, spec: Any) -> dict[s
             "test_flagged_rate": float(np.mean(s > spec.threshold))}
 
 
-def build_model(spec: RunSpec, data: ImageSet) -> GenerativeModel:
-    cfg = model_config(spec.train.model, spec.model, input_shape=data.shape)
+def build_model(spec: RunSpec, shape: tuple[int, int, int]) -> GenerativeModel:
+    """The registered family for `shape` (C, H, W): the data's images, or the training crop."""
+    cfg = model_config(spec.train.model, spec.model, input_shape=shape)
     return REGISTRY[spec.train.model].model(cfg)
+
+
+def load_splits(cfg: TrainConfig, data: ImageSet | None) -> tuple[Splits | CropSplits, ImageSet | Images]:
+    """The splits to train on, and what they came from: whole images of one size, or (with `crop`) images
+    of any size to take random crops of."""
+    if cfg.crop is None:
+        data = data if data is not None else load_channels(cfg.data, cfg.channels)
+        return split(data, seed=cfg.seed, fractions=cfg.split, normal_classes=cfg.normal_classes), data
+    images = open_images(cfg.data, cfg.channels) if data is None else ArrayImages.of(data)
+    splits = split_crops(images, cfg.crop, cfg.seed, cfg.split, cfg.normal_classes)
+    if not len(splits.val):  # found out now, not after training
+        raise DataError(f"{images.name}: no validation images after the split {cfg.split}; calibration "
+                        "needs held-out normal images")
+    return splits, images
 
 
 def run(spec: RunSpec, data: ImageSet | None = None) -> PipelineResult:
@@ -162,23 +211,23 @@ def _run(spec: RunSpec, cfg: TrainConfig, data: ImageSet | None, ctx: DistContex
         check_store_writable(Path(cfg.store))
     device = pick_device(cfg.device, ctx)
     seed_everything(cfg.seed, device)
-    data = data if data is not None else load(cfg.data)
-    splits = split(data, seed=cfg.seed, fractions=cfg.split, normal_classes=cfg.normal_classes)
-    model = build_model(spec, data)
+    splits, source = load_splits(cfg, data)
+    model = build_model(spec, splits.shape)
+    spatial = spatial_spec(cfg, model)
     threads, why = pick_threads(cfg.threads, model.cfg.backbone)
     torch.set_num_threads(threads)  # after the build: weight init is the same on any thread count
-    name = model_name(cfg, data)
+    name = model_name(cfg, source)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.runs) / name
     check_writable(run_dir, "run folder", hint="choose another with --runs DIR (or --run_dir DIR)")
     log.info("torch CPU threads: %d (%s)", threads, why)
-    log.info("fit %s (%s) on %s: %s", name, cfg.model, data.name, splits.describe()["sizes"])
+    log.info("fit %s (%s) on %s: %s", name, cfg.model, source.name, splits.describe()["sizes"])
     fit = Trainer(model, cfg, run_dir, device, ctx).fit(splits)
     if ctx.enabled:
         _save_rank_weights(model, run_dir, ctx)
     result = PipelineResult(name, None, None, model=model)
     ctx.barrier()  # every rank has finished training (and saved its weights) before rank 0 publishes
     if ctx.is_main:
-        result = _finish(model, spec, splits, data, fit, name)
+        result = _finish(model, spec, splits, source.name, fit, name, spatial)
     ctx.barrier()  # no rank leaves before the version is published
     return result
 
@@ -190,10 +239,30 @@ def _save_rank_weights(model: GenerativeModel, run_dir: Path, ctx: DistContext) 
     torch.save(state, run_dir / f"weights-rank{ctx.rank}.pt")
 
 
-def _finish(model: GenerativeModel, spec: RunSpec, splits: Splits, data: ImageSet, fit: FitResult,
-            name: str) -> PipelineResult:
+def _anomaly(model: GenerativeModel, splits: Splits, cfg: TrainConfig) -> AnomalySpec | None:
+    """The anomaly section, calibrated on the validation split: a threshold on the family's score, or for a
+    fully convolutional model the map, its thresholds and quantiles (calibrate.calibrate_map)."""
+    if not {"encoder", "decoder"} <= set(model.export_graphs()):
+        return None
+    kind, params = model.anomaly_score()
+    run = calibrate.torch_runner(model)
+    population = (f"normal classes {list(splits.normal_classes)}" if splits.normal_classes is not None
+                  else "all classes")
+    if model.cfg.spatial:
+        return calibrate.calibrate_map(
+            kind, params, run, splits.val.x, quantile=cfg.threshold_quantile,
+            pixel_quantile=cfg.pixel_quantile, reduction=cfg.map_reduction, top_fraction=cfg.top_fraction,
+            min_region_pixels=cfg.min_region_pixels, population=population)
+    val_scores, _ = calibrate.compute_scores(kind, params, run, splits.val.x)
+    return calibrate.calibrate_threshold(kind, params, val_scores, cfg.threshold_quantile, population)
+
+
+def _finish(model: GenerativeModel, spec: RunSpec, trained_on: Splits | CropSplits, dataset: str,
+            fit: FitResult, name: str, spatial: SpatialSpec | None) -> PipelineResult:
     cfg = spec.train
     model = model.cpu().eval()
+    # crops: a fixed sample of training windows stands in for the training images (prior, export)
+    splits = trained_on.fixed() if isinstance(trained_on, CropSplits) else trained_on
     metrics: dict[str, float | int | str] = {
         "epochs_run": fit.epochs_run, "train_seconds": round(fit.train_seconds, 3), "device": fit.device,
         "world_size": fit.world_size,
@@ -201,24 +270,19 @@ def _finish(model: GenerativeModel, spec: RunSpec, splits: Splits, data: ImageSe
     if fit.val_loss is not None:
         metrics["val_loss"] = fit.val_loss
     metrics.update(evaluate(model, splits, cfg))
-    graphs = model.export_graphs()
-    anomaly = None
-    if {"encoder", "decoder"} <= set(graphs):
-        kind, params = model.anomaly_score()
-        val_scores, _ = calibrate.compute_scores(kind, params, calibrate.torch_runner(model), splits.val.x)
-        population = (f"normal classes {list(splits.normal_classes)}" if splits.normal_classes is not None
-                      else "all classes")
-        anomaly = calibrate.calibrate_threshold(kind, params, val_scores, cfg.threshold_quantile, population)
+    anomaly = _anomaly(model, splits, cfg)
+    if anomaly is not None:
         metrics.update(anomaly_metrics(model, splits, anomaly))
     prior = calibrate.latent_prior(model, splits.train.x, cfg.prior, cfg.prior_components, cfg.seed)
     training = {
         "model": cfg.model, "config": to_dict(cfg), "model_config": to_dict(model.cfg), "seed": cfg.seed,
-        "split": splits.describe(), "stages": [vars(s) for s in fit.stages],
+        "split": trained_on.describe(), "stages": [vars(s) for s in fit.stages],
     }
+    how = (f"random {cfg.crop}x{cfg.crop} crops of {dataset} images of any size" if cfg.crop is not None
+           else f"{dataset} pixels")
     data_spec = DataSpec(
-        dataset=data.name, shape=data.shape,
-        preprocessing=f"{data.name} pixels as float32 scaled to [0, 1], shape [C, H, W]; "
-                      "no mean/std normalisation",
+        dataset=dataset, shape=model.cfg.input_shape,
+        preprocessing=f"{how} as float32 scaled to [0, 1], shape [C, H, W]; no mean/std normalisation",
         classes=list(splits.normal_classes) if splits.normal_classes is not None else None,
     )
     real = splits.test.x if len(splits.test) else splits.train.x
@@ -228,8 +292,8 @@ def _finish(model: GenerativeModel, spec: RunSpec, splits: Splits, data: ImageSe
             name=name, version=version, family=model.family, variant=model.variant,  # type: ignore[arg-type]
             created_at=datetime.now(UTC), code_version=code_version(), data=data_spec,
             latent=LatentSpec(dim=model.cfg.latent_dim, prior=prior), graphs=exported.graphs, files=files,
-            capabilities=capabilities(set(exported.graphs)), anomaly=anomaly, metrics=metrics,  # type: ignore[arg-type]
-            training=training,
+            capabilities=capabilities(set(exported.graphs), spatial is not None),  # type: ignore[arg-type]
+            anomaly=anomaly, spatial=spatial, metrics=metrics, training=training,
         )
 
     if not cfg.publish:

@@ -10,6 +10,10 @@ ends with the same weights as an uninterrupted one.
 Distributed (WORLD_SIZE > 1, e.g. under torchrun): the same loop, with the model wrapped in
 DistributedDataParallel, each rank taking a seeded, identical-across-ranks shard of every epoch's
 permutation, and only rank 0 showing progress and writing files.
+
+Random crops (`CropSplits`, for fully convolutional models on images of any size): the batches of an epoch
+come from a `training.data.crops.CropStream` (a DataLoader whose workers decode the images) seeded by the
+same (stage, epoch) key, and validation runs on fixed crop-sized windows. Everything else is the same loop.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import Tensor, nn
 
 from training.config import ConfigError, TrainConfig, to_dict
 from training.data import Splits
+from training.data.crops import CropSplits, CropStream, FileImages
 from training.models.base import GenerativeModel, Stage
 
 log = logging.getLogger(__name__)
@@ -209,10 +214,23 @@ class Trainer:
             return t.pin_memory()
         return t
 
-    def _batches(self, data: Tensor, stage_idx: int, epoch: int) -> Iterator[Tensor]:
+    def _stream(self, splits: CropSplits) -> CropStream:
+        cfg = self.cfg
+        streamed = isinstance(splits.train, FileImages)  # decoding photos runs beside training
+        workers = cfg.workers if cfg.workers is not None else (2 if streamed else 0)
+        return CropStream(splits, cfg.batch_size, cfg.seed, cfg.crops_per_image, cfg.epoch_crops, workers,
+                          self.ctx.rank, self.ctx.world_size)
+
+    def _batches(self, data: Tensor | CropStream, stage_idx: int, epoch: int) -> Iterator[Tensor]:
         """Seeded shuffling, identical on every rank; each rank takes every world_size-th sample of the
-        permutation padded to a multiple of world_size (what DistributedSampler does)."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + stage_idx * 10_007 + epoch)
+        permutation padded to a multiple of world_size (what DistributedSampler does). A CropStream is
+        seeded by the same key and shards the same way."""
+        key = self.cfg.seed * 1_000_003 + stage_idx * 10_007 + epoch
+        if isinstance(data, CropStream):
+            for x in data.epoch(key, self.cfg.steps_per_epoch):
+                yield x.to(self.device, non_blocking=True)
+            return
+        g = torch.Generator().manual_seed(key)
         perm = torch.randperm(len(data), generator=g)
         if self.ctx.enabled:
             per_rank = math.ceil(len(perm) / self.ctx.world_size)
@@ -244,7 +262,8 @@ class Trainer:
         terms.setdefault(f"{phase}/loss" if len(self.optimisers) > 1 else "loss", float(loss.detach()))
         return terms
 
-    def _run_epoch(self, train: Tensor, stage_idx: int, stage: Stage, epoch: int) -> dict[str, float]:
+    def _run_epoch(self, train: Tensor | CropStream, stage_idx: int, stage: Stage, epoch: int
+                   ) -> dict[str, float]:
         from tqdm import tqdm
 
         self.net.train()
@@ -336,13 +355,14 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # -- the loop ----------------------------------------------------------------------------------
-    def fit(self, splits: Splits) -> FitResult:
+    def fit(self, splits: Splits | CropSplits) -> FitResult:
         """Run every stage; returns what happened. The model ends with the best weights of each stage."""
         if self.run_dir is not None and self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.cfg.resume:
                 (self.run_dir / METRICS_NAME).unlink(missing_ok=True)
-        train, val = self._to_device(splits.train.x), self._to_device(splits.val.x)
+        train = self._stream(splits) if isinstance(splits, CropSplits) else self._to_device(splits.train.x)
+        val = self._to_device(splits.val.x)
         resumed = self._load_checkpoint()
         result = FitResult(device=str(self.device), world_size=self.ctx.world_size)
         if resumed is not None:

@@ -1,9 +1,18 @@
-"""The shipped default zoo: every REGISTRY entry trained on digits and published as `<name>-digits`.
+"""The shipped default zoo: every REGISTRY entry trained on digits and published as `<name>-digits`, and a
+fully convolutional texture model per scikit-image texture, `<TEXTURE_MODEL>-<texture>`.
 
-`python -m training zoo [--store DIR] [--fresh]` (or `make models`). Same seed, split and trainer settings
-for every family; ZOO_TUNING holds the few per-model knobs that differ (more epochs for adversarial
-training, for instance). The build time, each model's size and its key metrics are logged and written to
+`python -m training zoo [--store DIR] [--fresh] [--only NAME ...]` (or `make models`). Same seed, split and
+trainer settings for every digits family; ZOO_TUNING holds the few per-model knobs that differ (more epochs
+for adversarial training, for instance). `--only` takes registry names (their digits models) and texture
+model names. The build time, each model's size and its key metrics are logged and written to
 `<store>/ZOO.md`.
+
+Texture models: one per texture rather than one for all three, because each texture is its own "normal":
+a model per texture reconstructs it more tightly at the same size, and, more to the point, each gets its
+own calibration (normal gravel leaves residuals several times those of brick, so a threshold shared by the
+three would miss defects on brick or flag clean gravel). They train on random crops of the upper half of
+the photograph only (`skimage:<texture>:upper`); the lower halves are the tests' and benchmarks'. The
+settings are those of configs/fcn-texture.toml (a test keeps the two the same).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from typing import Any
 
 import torch
 
+from service.store.manifest import Manifest
 from training.config import ConfigError, RunSpec, TrainConfig
 from training.data import load
 from training.models import REGISTRY
@@ -39,6 +49,42 @@ ZOO_TUNING: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 KEY_METRICS = ("test_recon_mse", "nll_is", "val_loss", "epochs_run", "train_seconds",
                "parity_onnx_max_abs_diff")
 
+TEXTURES = ("brick", "grass", "gravel")
+TEXTURE_MODEL = "ae-denoising"
+#: The texture models' trainer settings (configs/fcn-texture.toml's [train], but the data and the name).
+TEXTURE_TRAIN: dict[str, Any] = dict(
+    crop=64, crops_per_image=8, epoch_crops=1024, batch_size=32, epochs=12, patience=4,
+    split=(0.75, 0.25, 0.0),  # of the 8 tiles of 128x128: 6 to train on, 2 to validate and calibrate on
+    seed=0, device="cpu", progress=False, threads=1,
+)
+#: Their model settings (configs/fcn-texture.toml's [model]).
+TEXTURE_MODEL_CFG: dict[str, Any] = dict(
+    backbone="fcn", channels=(16, 32, 32), latent_dim=8, res_blocks=1, norm="batch", anomaly_blur=1.0,
+    corruption="gaussian", noise_level=0.1,
+)
+
+
+def texture_name(texture: str) -> str:
+    return f"{TEXTURE_MODEL}-{texture}"
+
+
+def texture_spec(texture: str, store: Path, runs: Path = Path("runs")) -> RunSpec:
+    """The RunSpec of one texture model: trained on `skimage:<texture>:upper` only."""
+    name = texture_name(texture)
+    cfg = TrainConfig(**{**TEXTURE_TRAIN, "model": TEXTURE_MODEL, "data": f"skimage:{texture}:upper",
+                         "name": name, "store": str(store), "run_dir": str(runs / "zoo" / name)})
+    return RunSpec(cfg, dict(TEXTURE_MODEL_CFG))
+
+
+def zoo_names() -> list[str]:
+    """Everything `--only` takes: the registry names (digits models), then the texture model names."""
+    return [*REGISTRY, *(texture_name(t) for t in TEXTURES)]
+
+
+def _spec(name: str, store: Path, runs: Path) -> RunSpec:
+    textures = {texture_name(t): t for t in TEXTURES}
+    return texture_spec(textures[name], store, runs) if name in textures else zoo_spec(name, store, runs)
+
 
 @dataclass(frozen=True)
 class ZooEntry:
@@ -51,6 +97,7 @@ class ZooEntry:
     seconds: float
     cpu_seconds: float  # process CPU time: robust to a CPU shared with other work, unlike wall time
     metrics: dict[str, Any]
+    maps: dict[str, Any] | None = None  # fully convolutional models: crop, tiling and map thresholds
 
 
 def zoo_spec(model: str, store: Path, runs: Path = Path("runs")) -> RunSpec:
@@ -66,29 +113,30 @@ def _size(path: Path) -> int:
 
 def build_zoo(store: Path, fresh: bool = False, only: list[str] | None = None,
               report: Path | None = None, runs: Path = Path("runs")) -> list[ZooEntry]:
-    """Train and publish every (or `only` the named) REGISTRY model on digits; run folders go under
-    `runs`/zoo/."""
-    names = list(REGISTRY) if not only else only
-    unknown = set(names) - set(REGISTRY)
+    """Train and publish every (or `only` the named) zoo model: the REGISTRY models on digits and the
+    texture models; run folders go under `runs`/zoo/."""
+    names = zoo_names() if not only else only
+    unknown = set(names) - set(zoo_names())
     if unknown:
-        raise ConfigError(f"unknown zoo models {sorted(unknown)}; known: {', '.join(REGISTRY)}")
+        raise ConfigError(f"unknown zoo models {sorted(unknown)}; known: {', '.join(zoo_names())}")
     check_store_writable(store)  # both before anything is removed (--fresh) or trained
     check_writable(runs / "zoo", "run folder", hint="choose another with --runs DIR")
-    data = load(DATASET)
+    digits = load(DATASET) if set(names) & set(REGISTRY) else None
     entries: list[ZooEntry] = []
     t_all, c_all = time.perf_counter(), time.process_time()
     for model in names:
-        spec = zoo_spec(model, store, runs)
+        spec = _spec(model, store, runs)
         if fresh:
             removed = remove_versions(store, spec.train.name or model)
             if removed:
                 log.info("removed %d old version(s) of %s", removed, spec.train.name)
         t0, c0 = time.perf_counter(), time.process_time()
-        res: PipelineResult = run(spec, data)
+        res: PipelineResult = run(spec, digits if model in REGISTRY else None)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert res.manifest is not None and res.path is not None
-        entry = ZooEntry(res.name, model, res.manifest.family, res.manifest.variant, res.manifest.version,
-                         _size(res.path), seconds, cpu, dict(res.metrics))
+        entry = ZooEntry(res.name, spec.train.model, res.manifest.family, res.manifest.variant,
+                         res.manifest.version, _size(res.path), seconds, cpu, dict(res.metrics),
+                         _map_summary(res.manifest))
         entries.append(entry)
         log.info("%-22s v%d  %6.1f s (cpu %6.1f s)  %7.1f KB  %s", entry.name, entry.version, seconds, cpu,
                  entry.size_bytes / 1024,
@@ -97,6 +145,16 @@ def build_zoo(store: Path, fresh: bool = False, only: list[str] | None = None,
     log.info("zoo: %d models in %.1f s wall, %.1f s CPU", len(entries), total, cpu_total)
     write_report(report or store / "ZOO.md", entries, total, cpu_total)
     return entries
+
+
+def _map_summary(m: Manifest) -> dict[str, Any] | None:
+    if m.spatial is None or m.anomaly is None or m.anomaly.map is None:
+        return None
+    a, mp, s = m.anomaly, m.anomaly.map, m.spatial
+    return {"data": m.training["config"]["data"], "crop": m.data.shape[1], "multiple": s.multiple,
+            "latent_channels": s.latent_channels, "tile": s.tile, "overlap": s.overlap,
+            "reduction": f"{mp.reduction} ({mp.top_fraction:g})", "threshold": a.threshold,
+            "pixel_threshold": mp.pixel_threshold, "windows": m.training["split"]["sizes"]["val"]}
 
 
 def _fmt(v: Any) -> str:
@@ -112,7 +170,9 @@ def write_report(path: Path, entries: list[ZooEntry], total: float, cpu_total: f
         "# The shipped zoo",
         "",
         "Built by `python -m training zoo --fresh` (`make models`): every registered family on",
-        "scikit-learn's 8x8 digits, seed 0, split 0.8/0.1/0.1, CPU. Regenerated by each build.",
+        "scikit-learn's 8x8 digits, seed 0, split 0.8/0.1/0.1, CPU; and a fully convolutional model per",
+        "scikit-image texture, on random crops of the upper half of the photograph only. Regenerated by each",
+        "build.",
         "",
         f"- total build time: **{total:.1f} s** wall, {cpu_total:.1f} s CPU, for {len(entries)} models "
         f"({os.cpu_count()} CPUs visible, torch threads {threads}, {platform.machine()}, "
@@ -133,4 +193,20 @@ def write_report(path: Path, entries: list[ZooEntry], total: float, cpu_total: f
             f"{_fmt(m.get('test_recon_mse'))} | {nll} | {_fmt(m.get('val_loss'))} | "
             f"{_fmt(m.get('parity_onnx_max_abs_diff'))} |"
         )
+    maps = [e for e in entries if e.maps]
+    if maps:
+        lines += [
+            "",
+            "Fully convolutional models (anomaly maps at any size; manifest `spatial` and `anomaly.map`):",
+            "",
+            "| model | trained on | crop | multiple | latent channels | tile / overlap | image score | "
+            "image threshold | pixel threshold | validation windows |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for e in maps:
+            s = e.maps or {}
+            lines.append(
+                f"| {e.name} | `{s['data']}` | {s['crop']} | {s['multiple']} | {s['latent_channels']} | "
+                f"{s['tile']} / {s['overlap']} | {s['reduction']} | {_fmt(s['threshold'])} | "
+                f"{_fmt(s['pixel_threshold'])} | {s['windows']} |")
     path.write_text("\n".join(lines) + "\n")

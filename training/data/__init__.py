@@ -6,8 +6,13 @@ Sources (`load(source, ...)`):
     a folder of IDX files, or one `*-images-idx3-ubyte[.gz]` file    MNIST / Fashion-MNIST / KMNIST (`idx`)
     a `.npz` file with `x` and optional `y`                             (`npz`)
     a folder of images, flat or one subfolder per class                 (`folder`)
+    "skimage:brick:upper", "skimage:brick+grass+gravel:upper"          the textures' upper halves, in
+                                                                        128x128 tiles (`textures`)
 Then `split(...)` makes seeded train/val/test splits, optionally one-class.
 Nothing is ever downloaded: a path that is not there is a DataError naming it.
+
+Training on random crops of images of any size (fully convolutional models) goes through `crops` instead:
+the same sources, with image folders streamed from disk rather than loaded.
 
 Errors: every loader raises DataError (a ValueError) whose message names the file and what is wrong with it.
 """
@@ -61,6 +66,11 @@ class Splits:
     fractions: tuple[float, float, float]
     normal_classes: tuple[int, ...] | None = None
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images, which a model is built for."""
+        return self.train.shape
+
     def describe(self) -> dict[str, object]:
         """Recorded in the manifest's `training.split`."""
         return {
@@ -103,6 +113,12 @@ def load(source: str | Path = "digits", **kwargs: object) -> ImageSet:
         return digits()
     if isinstance(source, str) and source == "synthetic":
         return synthetic(**kwargs)  # type: ignore[arg-type]
+    if isinstance(source, str) and source.startswith("skimage:"):
+        from training.data import textures
+
+        if kwargs:
+            raise DataError(f"{source}: takes no options, got {sorted(kwargs)}")
+        return textures.load_textures(source)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (sources are 'digits', 'synthetic' or a path; "
@@ -123,29 +139,59 @@ def load(source: str | Path = "digits", **kwargs: object) -> ImageSet:
     return idx.load_idx(path, **kwargs)  # type: ignore[arg-type]
 
 
+def load_channels(source: str | Path, channels: int | None = None) -> ImageSet:
+    """`load(source)` as grey (`channels` 1) or RGB (3); None keeps the source's own. Image folders decode
+    to it; other sources are converted: RGB to grey by ITU-R 601 luma (Pillow's "L"), grey to RGB by
+    repeating the channel."""
+    is_folder = not (isinstance(source, str) and ":" in source) and Path(source).expanduser().is_dir()
+    if channels is not None and is_folder:
+        from training.data import idx
+
+        if not any(idx.IMAGES_RE.match(p.name) for p in Path(source).expanduser().iterdir()):
+            return load(source, channels=channels)
+    data = load(source)
+    if channels is None or data.shape[0] == channels:
+        return data
+    if channels == 3 and data.shape[0] == 1:
+        return ImageSet(data.name, np.repeat(data.x, 3, axis=1), data.y, data.classes)
+    if channels == 1 and data.shape[0] == 3:
+        luma = np.asarray([0.299, 0.587, 0.114], np.float32)[None, :, None, None]
+        return ImageSet(data.name, (data.x * luma).sum(axis=1, keepdims=True, dtype=np.float32), data.y,
+                        data.classes)
+    raise DataError(f"{data.name}: channels must be 1 (grey) or 3 (RGB), got {channels}")
+
+
+def split_indices(labels: np.ndarray, name: str, seed: int = 0,
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  normal_classes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (train, val, test) indices of `split`, for any sequence of labelled items."""
+    if abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise DataError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    if len(labels) == 0:
+        raise DataError(f"{name}: cannot split an empty dataset")
+    if normal_classes is not None:
+        missing = sorted(set(normal_classes) - set(labels.tolist()))
+        if not normal_classes or missing:
+            raise DataError(f"{name}: normal classes {tuple(normal_classes)} not all in the data "
+                            f"(missing {missing}; labels present: {sorted(set(labels.tolist()))})")
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    n_tr = int(round(fractions[0] * len(labels)))
+    n_va = min(int(round(fractions[1] * len(labels))), len(labels) - n_tr)  # rounding must not overrun
+    tr, va, te = perm[:n_tr], perm[n_tr:n_tr + n_va], perm[n_tr + n_va:]
+    if normal_classes is not None:
+        keep = np.isin(labels, np.asarray(normal_classes))
+        tr, va = tr[keep[tr]], va[keep[va]]
+        if len(tr) == 0:
+            raise DataError(f"{name}: no training images of classes {normal_classes}")
+    return tr, va, te
+
+
 def split(
     data: ImageSet, seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     normal_classes: tuple[int, ...] | None = None,
 ) -> Splits:
     """Seeded train/val/test split. With `normal_classes`, train and val keep only those classes
     (the one-class protocol), while test keeps everything so anomalies can be scored."""
-    if abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-        raise DataError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    if len(data) == 0:
-        raise DataError(f"{data.name}: cannot split an empty dataset")
-    if normal_classes is not None:
-        missing = sorted(set(normal_classes) - set(data.y.tolist()))
-        if not normal_classes or missing:
-            raise DataError(f"{data.name}: normal classes {tuple(normal_classes)} not all in the data "
-                            f"(missing {missing}; labels present: {sorted(set(data.y.tolist()))})")
-    perm = np.random.default_rng(seed).permutation(len(data))
-    n_tr = int(round(fractions[0] * len(data)))
-    n_va = min(int(round(fractions[1] * len(data))), len(data) - n_tr)  # rounding must not overrun
-    tr, va, te = perm[:n_tr], perm[n_tr:n_tr + n_va], perm[n_tr + n_va:]
-    if normal_classes is not None:
-        keep = np.isin(data.y, np.asarray(normal_classes))
-        tr, va = tr[keep[tr]], va[keep[va]]
-        if len(tr) == 0:
-            raise DataError(f"{data.name}: no training images of classes {normal_classes}")
+    tr, va, te = split_indices(data.y, data.name, seed, fractions, normal_classes)
     return Splits(data.subset(tr), data.subset(va), data.subset(te), seed, fractions,
                   tuple(normal_classes) if normal_classes is not None else None)

@@ -16,6 +16,9 @@ from training.models.base import ModelOutput, Stage, check_fields
 
 @dataclass(frozen=True)
 class AAEConfig(AEConfig):
+    no_fcn: ClassVar[str | None] = (
+        "its discriminator shapes a flat code into a prior to sample from, and a fully convolutional model "
+        "serves no samples")
     disc_hidden: tuple[int, ...] = (128, 128)  # widths of the code discriminator
     adv_weight: float = 1.0  # weight of the encoder's adversarial loss in the "gen" phase
 

@@ -75,9 +75,10 @@ class AutoEncoder(GenerativeModel):
 
     def export_graphs(self) -> dict[str, GraphExport]:
         self.eval()  # BatchNorm must export with its running statistics
+        spatial = self.cfg.spatial  # fcn: H and W are dynamic as well as the batch
         return {
-            "encoder": GraphExport(_Encode(self).eval(), ["x"], ["z_mean"], self.example_images()),
-            "decoder": GraphExport(_Decode(self).eval(), ["z"], ["x_hat"], self.example_codes()),
+            "encoder": GraphExport(_Encode(self).eval(), ["x"], ["z_mean"], self.example_images(), spatial),
+            "decoder": GraphExport(_Decode(self).eval(), ["z"], ["x_hat"], self.example_codes(), spatial),
         }
 
 

@@ -14,6 +14,9 @@ from training.models.base import ModelOutput, check_fields
 
 @dataclass(frozen=True)
 class ContractiveConfig(AEConfig):
+    no_fcn: ClassVar[str | None] = (
+        "the exact penalty takes one backward pass per code unit, and a spatial code has C_z * H * W / 4**k "
+        "of them (512 for a 64x64 crop at depth 3 with 8 channels)")
     contractive: float = 0.01  # lambda in ||x - D(E(x))||^2 + lambda * ||dh/dx||_F^2 (per image)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from training.models.ae import AEConfig, AutoEncoder
 
 @dataclass(frozen=True)
 class LinearAEConfig(AEConfig):
+    no_fcn: ClassVar[str | None] = "its point is the PCA subspace of whole images, which a conv code is not"
     hidden: tuple[int, ...] = ()  # one affine map each way: the decoder weight's columns span the subspace
     lr: float = 1e-2  # an affine model tolerates it, and the slow directions of the subspace need it
 

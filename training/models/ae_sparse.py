@@ -29,7 +29,7 @@ class SparseL1AE(AutoEncoder):
     cfg: SparseL1Config
 
     def penalties(self, x: Tensor, z: Tensor) -> dict[str, Tensor]:
-        return {"l1": self.cfg.l1 * z.abs().sum(dim=1).mean()}
+        return {"l1": self.cfg.l1 * z.abs().flatten(1).sum(dim=1).mean()}  # every code unit, per image
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class SparseKLAE(AutoEncoder):
     """Sigmoid code h, penalty lambda * sum_j KL(rho || rho_hat_j) with rho_hat_j the batch-mean of h_j.
 
     The penalty is a property of the batch, not of one image: each unit should fire rarely on average.
+    With the fcn backbone a unit is one channel at one position, so the penalty grows with the area, as the
+    reconstruction loss does.
     """
 
     variant: ClassVar[str] = "sparse-kl"

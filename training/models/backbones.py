@@ -1,7 +1,9 @@
-"""Shared building blocks: MLP and conv/transposed-conv encoder and decoder backbones.
+"""Shared building blocks: MLP, conv/transposed-conv and fully convolutional encoder and decoder backbones.
 
-Encoders map (B, C, H, W) -> (B, out_dim); decoders map (B, in_dim) -> (B, C, H, W) *logits*
-(or raw values with `activation=None`); the family decides the output nonlinearity.
+Flat backbones ("mlp", "conv"): encoders map (B, C, H, W) -> (B, out_dim); decoders map (B, in_dim) ->
+(B, C, H, W) *logits* (or raw values with `activation=None`); the family decides the output nonlinearity.
+The fully convolutional one ("fcn") keeps the layout: (B, C, H, W) -> (B, out_dim, H / 2**k, W / 2**k) and
+back, at any H and W that are multiples of 2**k.
 """
 
 from __future__ import annotations
@@ -124,13 +126,100 @@ class ConvDecoder(nn.Module):
         return self.deconv(self.fc(z).view(-1, *self.start))
 
 
-def make_encoder(cfg: ModelConfig, out_dim: int, linear: bool = False) -> MLPEncoder | ConvEncoder:
+def _norm(kind: str, ch: int) -> nn.Module:
+    """One normalisation layer of ModelConfig.norm (see training.models.base.Norm for the choice)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "group":
+        return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if ch % g == 0), ch)
+    if kind == "instance":
+        return nn.InstanceNorm2d(ch, affine=True)
+    return nn.Identity()
+
+
+def _conv3(c_in: int, c_out: int) -> nn.Conv2d:
+    # Replicated borders: zero padding darkens every border of a reconstruction, which an anomaly map would
+    # show along each image and tile edge. ("reflect" fails on the 1-pixel latent of the smallest inputs.)
+    return nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="replicate")
+
+
+class ResBlock(nn.Module):
+    """act(x + norm(conv(act(norm(conv(x)))))): two 3x3 convs at one resolution and width."""
+
+    def __init__(self, ch: int, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv3(ch, ch), _norm(norm, ch), nn.LeakyReLU(0.2), _conv3(ch, ch),
+                                  _norm(norm, ch))
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, ch, H, W) -> (B, ch, H, W)
+        return self.act(x + self.body(x))
+
+
+class FCNEncoder(nn.Module):
+    """Per level a stride-2 4x4 conv (halves H and W), then `res_blocks` residual blocks; a 1x1 conv to the
+    latent channels last, with no activation (a linear code, like the flat backbones' heads).
+
+    No layer looks at the size of its input, so one graph runs on a crop or a whole photo."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...], out_channels: int, res_blocks: int = 1,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for ch in channels:
+            layers += [nn.Conv2d(c, ch, 4, stride=2, padding=1, padding_mode="replicate"), _norm(norm, ch),
+                       nn.LeakyReLU(0.2)]
+            layers += [ResBlock(ch, norm) for _ in range(res_blocks)]
+            c = ch
+        self.net = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c, out_channels, 1)
+        self.multiple = 2 ** len(channels)
+
+    def features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, channels[-1], H / 2**k, W / 2**k)
+        return self.net(x)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, out_channels, H / 2**k, W / 2**k)
+        return self.head(self.net(x))
+
+
+class FCNDecoder(nn.Module):
+    """A 3x3 conv from the code, then per level (deepest first) `res_blocks` residual blocks, a nearest 2x
+    upsampling and a 3x3 conv. Upsample-then-conv leaves no checkerboard, which a stride-2 transposed conv
+    does and which an anomaly map would show as a grid. The last conv gives the image channels' logits."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...], out_channels: int, res_blocks: int = 1,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        chans = list(reversed(channels))
+        layers: list[nn.Module] = [_conv3(in_channels, chans[0]), _norm(norm, chans[0]), nn.LeakyReLU(0.2)]
+        for i, ch in enumerate(chans):
+            layers += [ResBlock(ch, norm) for _ in range(res_blocks)]
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            if i + 1 < len(chans):
+                layers += [_conv3(ch, chans[i + 1]), _norm(norm, chans[i + 1]), nn.LeakyReLU(0.2)]
+            else:
+                layers.append(_conv3(ch, out_channels))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:  # (B, in_channels, h, w) -> (B, C, h * 2**k, w * 2**k)
+        return self.net(z)
+
+
+def make_encoder(cfg: ModelConfig, out_dim: int, linear: bool = False
+                 ) -> MLPEncoder | ConvEncoder | FCNEncoder:
+    """The encoder of `cfg.backbone`; `out_dim` is the code size, or the latent channels for "fcn"."""
+    if cfg.backbone == "fcn":
+        return FCNEncoder(cfg.input_shape[0], cfg.channels, out_dim, cfg.res_blocks, cfg.norm)
     if cfg.backbone == "conv":
         return ConvEncoder(cfg.input_shape, cfg.channels, out_dim, linear=linear)
     return MLPEncoder(cfg.input_shape, cfg.hidden, out_dim, linear=linear)
 
 
 def make_decoder(cfg: ModelConfig, in_dim: int, linear: bool = False) -> nn.Module:
+    """The decoder of `cfg.backbone` (to logits); `in_dim` is the code size, or the latent channels."""
+    if cfg.backbone == "fcn":
+        return FCNDecoder(in_dim, cfg.channels, cfg.input_shape[0], cfg.res_blocks, cfg.norm)
     if cfg.backbone == "conv":
         return ConvDecoder(in_dim, cfg.channels, cfg.input_shape, linear=linear)
     return MLPDecoder(in_dim, cfg.hidden, cfg.input_shape, linear=linear)

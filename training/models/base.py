@@ -20,18 +20,39 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-Backbone = Literal["mlp", "conv"]
+#: "mlp" and "conv" end in a flat latent (B, latent_dim) and run at input_shape only; "fcn" is fully
+#: convolutional: a spatial latent (B, latent_dim, H / 2**k, W / 2**k), at any H and W that are multiples
+#: of 2**k (k = len(channels)).
+Backbone = Literal["mlp", "conv", "fcn"]
+#: Normalisation inside the fcn backbone. "batch" (the default) is a fixed per-channel affine map in eval
+#: mode, so a pixel's output depends on its neighbourhood only: a crop, a tile and a whole photo agree
+#: away from their borders. "group" and "instance" normalise each image by its own statistics, so an output
+#: depends on the whole input (its size, and any defect in it): offered for experiments, not for maps.
+Norm = Literal["batch", "group", "instance", "none"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Fields every family shares. Families subclass it and add their own knobs."""
+    """Fields every family shares. Families subclass it and add their own knobs.
 
-    input_shape: tuple[int, int, int] = (1, 8, 8)  # (C, H, W)
-    latent_dim: int = 8
+    Fully convolutional backbone ("fcn"): ae, ae-denoising, ae-sparse-l1 and ae-sparse-kl have one (their
+    losses are sums over code units and pixels, which a spatial code keeps). The others say why not in
+    `no_fcn`: a VAE's ELBO score and IWAE bound, and the AAE/WAE/GAN priors, are over a flat code that a
+    spatial model does not have (and a fully convolutional model serves no samples); the contractive
+    penalty takes one backward pass per code unit, which a spatial code has thousands of; the linear AE's
+    point is the PCA subspace of whole images.
+    """
+
+    #: Why a family has no fully convolutional form; None: it has one.
+    no_fcn: ClassVar[str | None] = None
+
+    input_shape: tuple[int, int, int] = (1, 8, 8)  # (C, H, W); for "fcn", the training crop
+    latent_dim: int = 8  # the code size; for "fcn", the latent channels C_z
     backbone: Backbone = "mlp"
     hidden: tuple[int, ...] = (256, 128)  # MLP widths, input side first
-    channels: tuple[int, ...] = (32, 64)  # conv widths; each conv halves H and W
+    channels: tuple[int, ...] = (32, 64)  # conv and fcn widths, input side first; each level halves H and W
+    res_blocks: int = 1  # fcn: residual blocks (two 3x3 convs) after each down- and before each up-sampling
+    norm: Norm = "batch"  # fcn: see Norm
     lr: float = 1e-3
     weight_decay: float = 0.0
     # σ (pixels) of a gaussian blur on the residual before squaring, in the reconstruction anomaly score
@@ -42,7 +63,25 @@ class ModelConfig:
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be three sizes >= 1 (C, H, W), got {self.input_shape}")
         check_fields(self, at_least_one=("latent_dim",), positive=("lr",),
-                     non_negative=("weight_decay", "anomaly_blur"), widths=("hidden", "channels"))
+                     non_negative=("weight_decay", "anomaly_blur", "res_blocks"),
+                     widths=("hidden", "channels"))
+        if self.backbone == "fcn":
+            if self.no_fcn is not None:
+                raise ValueError(f"backbone 'fcn' is not available for this family: {self.no_fcn}")
+            _, h, w = self.input_shape
+            if not self.channels or h % self.multiple or w % self.multiple:
+                raise ValueError(f"backbone 'fcn' with {len(self.channels)} levels (channels "
+                                 f"{self.channels}) needs H and W multiples of {self.multiple}, got {h}x{w}")
+
+    @property
+    def spatial(self) -> bool:
+        """True for the fully convolutional backbone: a spatial latent, any size that is a multiple."""
+        return self.backbone == "fcn"
+
+    @property
+    def multiple(self) -> int:
+        """H and W of an fcn model's input must be multiples of this: 2 ** depth."""
+        return 2 ** len(self.channels)
 
 
 def check_fields(cfg: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
@@ -69,7 +108,7 @@ class ModelOutput:
     loss: Tensor  # scalar to backpropagate for this phase
     terms: dict[str, Tensor] = field(default_factory=dict)  # named scalar loss terms, for logs
     recon: Tensor | None = None  # (B, C, H, W) in [0, 1]
-    code: Tensor | None = None  # (B, latent_dim)
+    code: Tensor | None = None  # (B, latent_dim), or (B, latent_dim, H / 2**k, W / 2**k) for "fcn"
 
 
 @dataclass(frozen=True)
@@ -88,6 +127,7 @@ class GraphExport:
     input_names: list[str]
     output_names: list[str]
     example: Tensor  # (B, ...) example input for tracing
+    spatial: bool = False  # H and W (dims 2 and 3) of every input and output are dynamic too
 
 
 class GenerativeModel(nn.Module):
@@ -148,4 +188,8 @@ class GenerativeModel(nn.Module):
         return torch.rand(batch, *self.cfg.input_shape)
 
     def example_codes(self, batch: int = 2) -> Tensor:
+        if self.cfg.spatial:
+            _, h, w = self.cfg.input_shape
+            m = self.cfg.multiple
+            return torch.randn(batch, self.cfg.latent_dim, h // m, w // m)  # (B, C_z, h, w)
         return torch.randn(batch, self.cfg.latent_dim)

@@ -20,6 +20,7 @@ from training.models.base import GenerativeModel, GraphExport, ModelConfig, Mode
 
 @dataclass(frozen=True)
 class GANConfig(ModelConfig):
+    no_fcn: ClassVar[str | None] = "its generator draws images from a flat code, its point is sampling"
     disc_steps: int = 1  # k: discriminator steps per generator step
     kappa: float = 1.0  # weight of the critic-feature term in the izi_f loss and score
     encoder_epochs: int | None = None  # epochs of the encoder stage; None: the trainer's epoch count

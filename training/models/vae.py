@@ -28,6 +28,9 @@ VAE_PRIORS: tuple[str, ...] = typing.get_args(VAEPrior)
 
 @dataclass(frozen=True)
 class VAEConfig(ModelConfig):
+    no_fcn: ClassVar[str | None] = (
+        "its ELBO score, IWAE bound and sampling prior are over a flat code (service.store.scores.vae_elbo "
+        "sums the KL over one axis); use ae or ae-denoising for maps")
     # gaussian: N(x; sigmoid(logits), sigma^2), a density on grey-level pixels. bernoulli: BCE with logits,
     # the binarised-MNIST convention; on grey 8x8 digits its signal is weak and the KL term wins (posterior
     # collapse: ~3 nats of KL for the VAE and none at all for beta=4), so gaussian is the default.

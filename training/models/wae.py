@@ -15,6 +15,9 @@ from training.models.base import check_fields
 
 @dataclass(frozen=True)
 class WAEConfig(AEConfig):
+    no_fcn: ClassVar[str | None] = (
+        "its MMD matches a flat code to a prior to sample from, and a fully convolutional model serves no "
+        "samples")
     mmd_weight: float = 10.0  # lambda in ||x - D(E(x))||^2 + lambda * MMD(q(z), N(0, I))
     prior_var: float = 1.0  # sigma^2 of the N(0, sigma^2 I) prior, which sets the kernel's scale
     scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # the paper's sum over kernel widths
