@@ -18,6 +18,7 @@ at most MAX_WINDOWS, chosen by seed): fixed data for early stopping, calibration
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -89,7 +90,8 @@ class ArrayImages(Images):
         return h, w
 
     def subset(self, idx: np.ndarray) -> ArrayImages:
-        return ArrayImages(self.name, tuple(self.arrays[int(i)] for i in idx), self.labels[idx], self.classes)
+        arrays = tuple(self.arrays[int(i)] for i in idx)
+        return dataclasses.replace(self, arrays=arrays, labels=self.labels[idx])
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,8 @@ class FileImages(Images):
         return (w, h) if turned else (h, w)
 
     def subset(self, idx: np.ndarray) -> FileImages:
-        return FileImages(self.name, tuple(self.files[int(i)] for i in idx), self.labels[idx], self.classes,
-                          self.channels)
+        files = tuple(self.files[int(i)] for i in idx)
+        return dataclasses.replace(self, files=files, labels=self.labels[idx])  # a subclass stays one
 
 
 def open_images(source: str | Path, channels: int | None = None) -> Images:
