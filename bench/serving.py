@@ -877,6 +877,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--c1-starts", type=int, default=None,
                    help="extra fresh starts of the default server for (b) at c=1 (default 4, quick 0)")
     p.add_argument("--out", type=Path, default=RESULTS / "serving.md")
+    p.add_argument("--boundary", action=argparse.BooleanOptionalAction, default=None,
+                   help="also bench/boundary.py (this checkout against the commit before the boundary "
+                   "change; default on, off with --quick)")
     args = p.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 2.0)
     args.reps = args.reps or (1 if args.quick else 3)
@@ -898,6 +901,16 @@ def main(argv: list[str] | None = None) -> int:
         for tag, name in (("mlp", MLP), ("conv", CONV))
     }
     parts = breakdown(CACHE, rounds=3 if args.quick else 10)
+    boundary_md: list[str] = []
+    if args.boundary if args.boundary is not None else not args.quick:
+        import boundary  # bench/boundary.py (it imports this module)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rounds, seconds = (1, 1.0) if args.quick else (6, 3.0)
+            found = boundary.run(rounds, seconds, boundary.BASE, Path(tmp))
+        boundary_md = boundary.markdown(found, boundary.BASE, rounds, seconds)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        (args.out.parent / "boundary.json").write_text(json.dumps(found, indent=1))
     with tempfile.TemporaryDirectory() as tmp:
         res, lines, profiles = run_all(scs, concs, args, Path(tmp))
         starts = fresh_starts(scs, args, Path(tmp)) if 1 in concs else []
@@ -917,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
         profiles,
         args,
         time.perf_counter() - t0,
-        fresh_starts_table(starts, main_pairs),
+        fresh_starts_table(starts, main_pairs) + boundary_md,
     )
     args.out.with_suffix(".json").write_text(
         json.dumps(
