@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
+from fastapi_offline import FastAPIOffline
 
 from service import reload as hot_reload
 from service.api import health, models, playground
-from service.api.table import ADMIN_TABLE, TABLE
+from service.api.table import ADMIN_TABLE, FALLBACK, TABLE
 from service.http import openapi, problems, table
 from service.http.access import AccessGuard, parse_keys
 from service.http.body import BodyLimit
@@ -52,6 +53,7 @@ ROUTERS: list[APIRouter] = [
     playground.router,
 ]
 
+DOCS_ASSETS = "/docs/static"  # Swagger UI's and ReDoc's scripts and styles
 DESCRIPTION = """Encode, decode, sample, interpolate, reconstruct, denoise and score anomalies with
 autoencoder-family models (AE, VAE, AAE, WAE, GAN) from the models store, on onnxruntime.
 Errors are RFC 9457 problem+json."""
@@ -84,8 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     otel: TelemetryConfig | None = None if settings.otel else {"tracing": False, "metrics": False,
                                                                  "logs": False}
-    app = FastAPI(title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  telemetry=otel)
+    # /docs and /redoc work offline: Swagger UI and ReDoc come from the fastapi-offline wheel, served here.
+    app = FastAPIOffline(title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                         telemetry=otel, static_url=DOCS_ASSETS, favicon_url="/static/favicon.svg")
     app.state.settings = settings
     app.state.store = app.state.runtime = None
     app.state.ready = False
@@ -99,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admin = hot_reload.admin_router(settings.admin_key)  # POST /admin/reload, only with an admin key
     if admin is not None:
         app.include_router(admin)
+    app.router.routes.extend(FALLBACK)  # last: an unknown /v1 operation is a 404 that lists the operations
     openapi.install(app, rows, settings.api_keys, settings.admin_key)
     # Middleware, innermost first: each add_middleware wraps what is already there.
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)

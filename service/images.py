@@ -9,10 +9,13 @@ Images are read in two passes, so that no request can stall the server or take m
 1. headers: every image's declared size is read (lazily, nothing decoded) and checked against the per-image
    limit and the per-request budget of decoded pixels (`max_request_pixels`); animations and modes that
    cannot be read faithfully are refused;
-2. pixels: decoded, on the event loop when the request is tiny, else in a worker thread (at most
-   DECODERS at once). An image much larger than the model is reduced while it is decoded (JPEG: the
-   decoder's DCT scaling, `draft`; PNG: `reduce` on the 8-bit image), so it is never materialised at full
-   size as float32. Uploads are turned upright by their EXIF orientation.
+2. pixels: decoded (or JSON arrays read), on the event loop when the request is tiny, else in a worker
+   thread (at most DECODERS at once). An image much larger than a fixed-size model is reduced while it is
+   decoded (JPEG: the decoder's DCT scaling, `draft`; PNG: `reduce` on the 8-bit image), so it is never
+   materialised at full size as float32. Uploads are turned upright by their EXIF orientation.
+3. fit: an image of another size enters a fixed-size model letterboxed (default) or centre-cropped, never
+   squashed, and `Fit` records where it went so a map can come back to its size; a fully convolutional
+   model (`native`) takes each image at its own size.
 
 Out: JSON arrays, base64 PNG strings, or one PNG grid.
 """
@@ -27,8 +30,9 @@ import os
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -49,10 +53,37 @@ DECODERS = max(1, min(4, os.cpu_count() or 1))
 _decoders: anyio.CapacityLimiter | None = None
 
 
+FitMode = Literal["letterbox", "crop"]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Where an image of another size went in the model's (H, W) frame, so a map at the model's size can be
+    brought back to the image's own: `box` (x0, y0, x1, y1) is the part of the model frame the image covers
+    (letterbox: the frame minus its bars), `window` the part of the image the frame shows (crop: the
+    centre)."""
+
+    mode: FitMode
+    size: tuple[int, int]  # the image's own (H, W)
+    box: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+
 @dataclass
 class ParsedImages:
-    array: np.ndarray  # (N, C, H, W) float32 in the model's value range
+    """Checked images: float32 in the model's value range. For a fixed-size model every item is the model's
+    (C, H, W), and `array` stacks them; a fully convolutional model keeps each image's own size."""
+
+    items: list[np.ndarray]  # (C, H, W) each
     converted: list[dict[str, Any]] = field(default_factory=list)  # one entry per converted item
+    fits: list[Fit | None] = field(default_factory=list)  # per item: how it was fitted (None: not resized)
+
+    @property
+    def array(self) -> np.ndarray:
+        """(N, C, H, W): all items, when they share one size."""
+        if len({a.shape for a in self.items}) > 1:
+            raise InvalidInput("these images have different sizes; send images of one size, or one at a time")
+        return np.stack(self.items) if self.items else np.empty((0, 1, 1, 1), np.float32)
 
 
 @dataclass(frozen=True)
@@ -61,6 +92,8 @@ class ImageLimits:
     max_pixels: int  # per image, as declared in its header
     strict: bool = False
     max_request_pixels: int = 0  # all images of a request together; 0: max_items * max_pixels
+    fit: FitMode = "letterbox"  # how an image of another size or aspect enters a fixed-size model
+    native: bool = False  # a fully convolutional model: keep each image's own size (channels still convert)
 
 
 @dataclass
@@ -76,11 +109,21 @@ async def read_images(value: Any, data: DataSpec, limits: ImageLimits, what: str
     """`parse_images`, with the pixels of all but tiny requests decoded in a worker thread."""
     global _decoders
     encoded = _headers(value, limits, what)
-    if encoded is None or sum(e.image.width * e.image.height for e in encoded) <= INLINE_PIXELS:
+    size = _array_size(value) if encoded is None else sum(e.image.width * e.image.height for e in encoded)
+    if size <= INLINE_PIXELS:
         return _pixels(value, encoded, data, limits, what)
     if _decoders is None:
         _decoders = anyio.CapacityLimiter(DECODERS)
     return await anyio.to_thread.run_sync(_pixels, value, encoded, data, limits, what, limiter=_decoders)
+
+
+def _array_size(value: Any) -> int:
+    """Roughly how many numbers nested lists hold: the product of the lengths along the first path."""
+    n = 1
+    while isinstance(value, list) and value:
+        n *= len(value)
+        value = value[0]
+    return n
 
 
 def parse_images(value: Any, data: DataSpec, limits: ImageLimits, what: str = "images") -> ParsedImages:
@@ -114,16 +157,17 @@ def _headers(value: Any, limits: ImageLimits, what: str) -> list[_Encoded] | Non
 
 def _pixels(value: Any, encoded: list[_Encoded] | None, data: DataSpec, limits: ImageLimits,
             what: str) -> ParsedImages:
-    """Pass 2: decode (or read the arrays), convert to the model's format, and stack."""
+    """Pass 2: decode (or read the arrays) and convert to the model's format."""
     if encoded is not None:
-        items = [_decode(e, data) for e in encoded]
+        items = [_decode(e, data, limits.native) for e in encoded]
     else:
         items = _array_items(value, data, what)
         _check_count(len(items), limits, what)
-    out = ParsedImages(array=np.empty((len(items), *data.shape), dtype=np.float32))
+    out = ParsedImages(items=[])
     for i, (img, source) in enumerate(items):
-        img, note = _to_model_format(img, data, i, limits.strict, source)
-        out.array[i] = img
+        img, note, fit = _to_model_format(img, data, i, limits, source)
+        out.items.append(img)
+        out.fits.append(fit)
         if note:
             out.converted.append(note)
     return out
@@ -182,8 +226,9 @@ def _open(raw: bytes, index: int, limits: ImageLimits) -> Image.Image:
     return im
 
 
-def _decode(e: _Encoded, data: DataSpec) -> tuple[np.ndarray, str]:
-    """PNG/JPEG -> (C, H, W) float32 in the model's range, upright, reduced on the way when much larger."""
+def _decode(e: _Encoded, data: DataSpec, native: bool = False) -> tuple[np.ndarray, str]:
+    """PNG/JPEG -> (C, H, W) float32 in the model's range, upright; reduced on the way when much larger than
+    a fixed-size model (never for a `native` one, which scores the image at its own size)."""
     im, index = e.image, e.index
     channels, (_, th, tw) = data.shape[0], data.shape
     mode = _MODE_FOR_CHANNELS.get(channels)
@@ -194,12 +239,12 @@ def _decode(e: _Encoded, data: DataSpec) -> tuple[np.ndarray, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if im.format == "JPEG" and min(w // tw, h // th) >= 4:
+            if not native and im.format == "JPEG" and min(w // tw, h // th) >= 4:
                 im.draft(mode, (2 * tw, 2 * th))  # the decoder scales by 1/2, 1/4 or 1/8, staying >= 2x
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
             pixels = im.convert(mode) if im.mode != mode else im
-            factor = min(pixels.width // tw, pixels.height // th) // 2
+            factor = 0 if native else min(pixels.width // tw, pixels.height // th) // 2
             if factor >= 2:  # still much larger than the model: shrink the 8-bit pixels, not float32 ones
                 pixels = pixels.reduce(factor)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -244,17 +289,21 @@ def _b64(s: str | bytes, index: int) -> bytes:
 
 
 def _to_model_format(
-    img: np.ndarray, data: DataSpec, index: int, strict: bool, source: str
-) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Convert one (C0, H0, W0) image to the model's (C, H, W); report what changed, or refuse when strict."""
+    img: np.ndarray, data: DataSpec, index: int, limits: ImageLimits, source: str
+) -> tuple[np.ndarray, dict[str, Any] | None, Fit | None]:
+    """Convert one (C0, H0, W0) image to the model's channels, and to its (H, W) by letterbox or centre crop
+    (never squashed; a native model keeps the size); report what changed, or refuse when strict."""
     c, h, w = data.shape
     c0, h0, w0 = img.shape
+    if limits.native:
+        h, w = h0, w0
     src_mode = source.rsplit(" ", 1)[-1] if source != "array" else None
     mode_changed = src_mode is not None and src_mode != _MODE_FOR_CHANNELS.get(c)
     if (c0, h0, w0) == (c, h, w) and not mode_changed:
-        return img, None
-    note = {"index": index, "from": [c0, h0, w0] if src_mode is None else source, "to": [c, h, w]}
-    if strict:
+        return img, None, None
+    note: dict[str, Any] = {"index": index, "from": [c0, h0, w0] if src_mode is None else source,
+                            "to": [c, h, w]}
+    if limits.strict:
         raise InvalidInput(
             f"image {index} is {note['from']}, the model takes {[c, h, w]}; strict=true refuses to convert",
             converted=[note],
@@ -268,20 +317,52 @@ def _to_model_format(
             img = img[:3]
         else:
             raise InvalidInput(f"image {index} has {c0} channels; cannot convert to the model's {c}")
+    fit = None
     if (h0, w0) != (h, w):
-        lo, hi = data.value_range
-        img = np.stack(
-            [
-                np.asarray(
-                    Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32)).resize(
-                        (w, h), Image.Resampling.BILINEAR
-                    )
-                )
-                for ch in img
-            ]
-        )
-        img = np.clip(img, lo, hi)
-    return img.astype(np.float32), note
+        img, fit = fit_image(img, (h, w), limits.fit, data.value_range)
+        note["fit"] = fit.mode
+    return img.astype(np.float32), note, fit
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, H0, W0) float32 -> (C, H, W), bilinear (Pillow's, antialiased when shrinking), per channel."""
+    h, w = size
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32)).resize(
+        (w, h), Image.Resampling.BILINEAR)) for ch in img])
+
+
+def fit_image(img: np.ndarray, size: tuple[int, int], mode: FitMode, value_range: tuple[float, float] = (0, 1)
+              ) -> tuple[np.ndarray, Fit]:
+    """(C, H0, W0) into (C, H, W), keeping the aspect ratio: `letterbox` scales the whole image to fit and
+    pads the rest with the range's low end (the background of the models' data); `crop` scales to cover and
+    keeps the centre."""
+    lo, hi = value_range
+    (h, w), (h0, w0) = size, img.shape[1:]
+    if mode == "letterbox":
+        s = min(w / w0, h / h0)
+        nw, nh = max(1, min(w, round(w0 * s))), max(1, min(h, round(h0 * s)))
+        x0, y0 = (w - nw) // 2, (h - nh) // 2
+        out = np.full((img.shape[0], h, w), lo, dtype=np.float32)
+        out[:, y0:y0 + nh, x0:x0 + nw] = _resize(img, (nh, nw))
+        fit = Fit("letterbox", (h0, w0), (x0, y0, x0 + nw, y0 + nh), (0, 0, w0, h0))
+    else:
+        s = max(w / w0, h / h0)
+        vw, vh = min(w0, max(1, round(w / s))), min(h0, max(1, round(h / s)))  # the kept part, in the image
+        vx, vy = (w0 - vw) // 2, (h0 - vh) // 2
+        out = _resize(img[:, vy:vy + vh, vx:vx + vw], (h, w))
+        fit = Fit("crop", (h0, w0), (0, 0, w, h), (vx, vy, vx + vw, vy + vh))
+    return np.clip(out, lo, hi), fit
+
+
+def unfit_map(amap: np.ndarray, fit: Fit) -> np.ndarray:
+    """A map in the model's frame (H, W) -> the image's own (H0, W0): the fitted part, resized back; pixels
+    the model never saw (outside a crop's window) are 0."""
+    x0, y0, x1, y1 = fit.box
+    vx0, vy0, vx1, vy1 = fit.window
+    part = _resize(amap[None, y0:y1, x0:x1].astype(np.float32), (vy1 - vy0, vx1 - vx0))[0]
+    out = np.zeros(fit.size, dtype=np.float32)
+    out[vy0:vy1, vx0:vx1] = part
+    return out
 
 
 # --- out ----------------------------------------------------------------------------------------
@@ -345,3 +426,45 @@ def grid_png(
     if scale > 1:  # nearest neighbour: every pixel becomes a scale x scale block
         canvas = np.repeat(np.repeat(canvas, scale, axis=0), scale, axis=1)
     return encode_png(_plane(canvas))
+
+
+#: Inferno (matplotlib), sampled at nine points and interpolated, as the playground draws it
+#: (service/static/imaging.js): perceptually uniform, and readable in greyscale.
+INFERNO = np.array([[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85], [227, 89, 51],
+                    [249, 140, 10], [249, 201, 50], [252, 255, 164]], dtype=np.float32)
+
+
+def inferno(t: np.ndarray) -> np.ndarray:
+    """(...,) values in [0, 1] -> (..., 3) uint8 colours."""
+    x = np.clip(t, 0, 1) * (len(INFERNO) - 1)
+    grid = np.arange(len(INFERNO))
+    return np.stack([np.interp(x, grid, INFERNO[:, c]) for c in range(3)], axis=-1).astype(np.uint8)
+
+
+def overlay_png(image: np.ndarray, amap: np.ndarray, vmax: float,
+                boxes: Sequence[tuple[int, int, int, int]] = (),
+                value_range: tuple[float, float] = (0.0, 1.0)) -> bytes:
+    """The image (C, H, W) in grey, the map (H, W) over it in inferno (0 to `vmax`; transparent where it is
+    low), and each box (x0, y0, x1, y1) outlined in cyan: one RGB PNG at the image's size."""
+    lo, hi = value_range
+    grey = ((np.clip(image, lo, hi) - lo) / (hi - lo)).mean(axis=0)  # (H, W) in [0, 1]
+    base = np.repeat((grey * 255.0)[..., None], 3, axis=-1)
+    t = np.clip(amap / max(vmax, 1e-12), 0, 1)
+    alpha = (0.15 + 0.7 * t)[..., None]
+    rgb = (base * (1 - alpha) + inferno(t).astype(np.float32) * alpha).astype(np.uint8)
+    h, w = amap.shape
+    for x0, y0, x1, y1 in boxes:
+        x1, y1 = min(x1, w) - 1, min(y1, h) - 1
+        rgb[y0, x0:x1 + 1] = rgb[y1, x0:x1 + 1] = (0, 255, 255)
+        rgb[y0:y1 + 1, x0] = rgb[y0:y1 + 1, x1] = (0, 255, 255)
+    return encode_png(rgb)
+
+
+def map_png(amap: np.ndarray, vmax: float) -> bytes:
+    """A map (H, W) as a grey PNG: 0 to `vmax` over 0 to 255."""
+    return encode_png(np.rint(np.clip(amap / max(vmax, 1e-12), 0, 1) * 255).astype(np.uint8))
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A mask (H, W) bool as a grey PNG: 255 anomalous, 0 not."""
+    return encode_png(np.where(mask, 255, 0).astype(np.uint8))

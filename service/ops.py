@@ -312,18 +312,23 @@ async def denoise(rt: Runner, mv: ModelVersion, x: np.ndarray, noise: NoiseSpec 
     return Denoised(images=clean, noisy=noisy)
 
 
-async def anomaly_score(rt: Runner, mv: ModelVersion, x: np.ndarray, heatmap: bool = False) -> AnomalyScores:
-    """Raw score per manifest.anomaly (the recipe in service.store.scores), normalised: threshold -> 0.5."""
-    require(mv, "anomaly-score")
-    spec = mv.manifest.anomaly
-    assert spec is not None  # the manifest validator guarantees it for this capability
+def graph_runner(rt: Runner, mv: ModelVersion) -> scores.GraphRunner:
+    """The score recipe's runner over the runtime: one single-input graph, outputs by name."""
 
     async def run(graph: str, a: np.ndarray) -> dict[str, np.ndarray]:
         names = [t.name for t in mv.manifest.graphs[graph].outputs]
         return dict(zip(names, await _run(rt, mv, graph, a), strict=True))
 
+    return run
+
+
+async def anomaly_score(rt: Runner, mv: ModelVersion, x: np.ndarray, heatmap: bool = False) -> AnomalyScores:
+    """Raw score per manifest.anomaly (the recipe in service.store.scores), normalised: threshold -> 0.5."""
+    require(mv, "anomaly-score")
+    spec = mv.manifest.anomaly
+    assert spec is not None  # the manifest validator guarantees it for this capability
     try:
-        raw, hmap = await scores.anomaly(spec.score, spec.params, x, run)
+        raw, hmap = await scores.anomaly(spec.score, spec.params, x, graph_runner(rt, mv))
     except ValueError as exc:  # a manifest whose graphs do not fit its score (e.g. vae_elbo, one output)
         raise InvalidInput(f"model {mv.name!r} cannot compute its {spec.score} score: {exc}") from exc
     raw = np.asarray(raw, dtype=np.float64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 MAX_STEPS = 256
 
@@ -26,7 +26,15 @@ FORMAT_DESC = (
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+FitMode = Literal["letterbox", "crop"]
+FIT_DESC = (
+    "how an image of another size or aspect ratio enters a fixed-size model: `letterbox` scales it whole "
+    "and pads the rest, `crop` scales it to cover and keeps the centre; never squashed. Fully convolutional "
+    "models take each image at its own size."
+)
 
 
 class _ImagesIn(_Request):
@@ -34,6 +42,7 @@ class _ImagesIn(_Request):
     strict: bool = Field(
         default=False, description="refuse images whose size or channels differ instead of converting them"
     )
+    fit: FitMode = Field(default="letterbox", description=FIT_DESC)
 
 
 class _Out(_Request):
@@ -72,6 +81,7 @@ class InterpolateRequest(_Out):
     steps: int = Field(default=8, ge=2, le=MAX_STEPS, description="points on the path, endpoints included")
     method: Literal["linear", "slerp"] = Field(default="linear", description="straight line or great circle")
     strict: bool = Field(default=False, description="refuse images that would need converting")
+    fit: FitMode = Field(default="letterbox", description=FIT_DESC)
 
 
 class ReconstructRequest(_ImagesIn, _Out):
@@ -93,10 +103,24 @@ class DenoiseRequest(_ImagesIn, _Out):
 
 
 class AnomalyScoreRequest(_ImagesIn):
-    heatmap: bool = Field(default=False, description="also return per-pixel maps of the score")
+    images: ImagesValue = Field(description=IMAGES_DESC + " (`image` is accepted too)",
+                                validation_alias=AliasChoices("images", "image"))
+    heatmap: bool = Field(
+        default=False, description="also return the maps: `anomaly_map` at each image's own size, "
+        "`pred_mask`, and the legacy `heatmaps`")
     format: OutFormat = Field(
-        default="json", description="format of the heatmaps (png: scaled to [0, 1] per map)"
+        default="json", description="format of the maps and masks (png: a grey PNG per map, scaled to its "
+        "own range for the heatmaps, to twice the pixel threshold for anomaly_map)"
     )
+    threshold: float | None = Field(
+        default=None, description="the image threshold, in raw score units, instead of the calibrated one")
+    fpr: float | None = Field(
+        default=None, gt=0, lt=1, description="the image threshold that flags this share of normal images "
+        "(from the calibration quantiles in the manifest)")
+    pixel_threshold: float | None = Field(
+        default=None, description="the mask's pixel threshold, in map units, instead of the calibrated one")
+    pixel_fpr: float | None = Field(
+        default=None, gt=0, lt=1, description="the pixel threshold that flags this share of normal pixels")
 
 
 # --- responses ----------------------------------------------------------------------------------
@@ -105,6 +129,8 @@ class Conversion(BaseModel):
     index: int | str = Field(description="which input item (or `start` / `end` for interpolate)")
     from_: list[int] | str = Field(alias="from", description="[C, H, W] of an array, or 'PNG 28x28 RGB'")
     to: list[int] = Field(description="[C, H, W] the model takes")
+    fit: Literal["letterbox", "crop"] | None = Field(
+        default=None, description="how another size or aspect entered the model's frame (never squashed)")
 
 
 class _Answer(BaseModel):
@@ -203,14 +229,42 @@ class DenoiseResponse(_ImagesOut):
     converted: list[Conversion]
 
 
+class RegionOut(BaseModel):
+    box: list[int] = Field(description="[x0, y0, x1, y1] in the image's pixels, the end exclusive")
+    area: int = Field(description="pixels in the region")
+    peak: float = Field(description="the map's highest value in the region")
+    mean: float
+
+
+class ThresholdsOut(BaseModel):
+    image: float = Field(description="the image threshold used, raw score units")
+    image_source: str = Field(description="manifest, request, or fpr=<rate>")
+    pixel: float | None = Field(description="the pixel threshold of the mask, map units (None: no mask)")
+    pixel_source: str | None
+
+
 class AnomalyScoreResponse(_Answer):
     score: str = Field(description="score kind: reconstruction, vae_elbo or fanogan")
     raw: list[float]
-    normalised: list[float] = Field(description="logistic map of raw; the threshold maps to 0.5")
-    threshold: float
+    normalised: list[float] = Field(description="logistic map of raw; the threshold used maps to 0.5")
+    threshold: float = Field(description="the image threshold used (see `thresholds`)")
     is_anomaly: list[bool]
-    heatmaps: list[Any] | None = Field(description="(N, C, H, W) per-pixel maps when heatmap=true")
+    heatmaps: list[Any] | None = Field(
+        description="heatmap=true: per-pixel maps in the model's frame, (N, C, H, W); for a fully "
+        "convolutional model, (1, H, W) per image at its own size")
     converted: list[Conversion]
+    pred_score: list[float] = Field(description="anomalib's name for `normalised`")
+    pred_label: list[bool] = Field(description="anomalib's name for `is_anomaly`")
+    thresholds: ThresholdsOut
+    sizes: list[list[int]] = Field(description="[H, W] of each image: the size of its maps and mask")
+    anomaly_map: list[Any] | None = Field(
+        description="heatmap=true: each image's (H, W) map at its own resolution (arrays, or base64 PNGs)")
+    pred_mask: list[Any] | None = Field(
+        description="heatmap=true and a pixel threshold: each image's (H, W) mask, map > pixel threshold")
+    regions: list[list[RegionOut]] | None = Field(
+        description="with a pixel threshold: each image's connected mask regions, highest peak first "
+        "(at most 100)")
+    regions_total: list[int] | None = Field(description="regions per image before the cut to 100")
 
 
 class Problem(BaseModel):

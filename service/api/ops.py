@@ -5,17 +5,29 @@ version, `/v1/models/{name}/{op}`, and on `/v1/models/{name}/versions/{version}/
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from service import ops
+from service import anomaly, ops
 from service.errors import InvalidInput, PayloadTooLarge
 from service.http.table import Call
-from service.images import ImageLimits, ParsedImages, grid_png, read_images, to_base64_pngs
+from service.images import (
+    Fit,
+    ImageLimits,
+    ParsedImages,
+    grid_png,
+    map_png,
+    mask_png,
+    overlay_png,
+    read_images,
+    to_base64_pngs,
+    unfit_map,
+)
 from service.schemas import (
     AnomalyScoreRequest,
     DecodeRequest,
@@ -25,6 +37,7 @@ from service.schemas import (
     ReconstructRequest,
     SampleRequest,
 )
+from service.store import scores
 from service.store.repository import ModelVersion
 
 
@@ -38,10 +51,12 @@ class GridQuery(BaseModel):
 
 
 # --- helpers ------------------------------------------------------------------------------------
-async def images_of(call: Call, value: Any, mv: ModelVersion, strict: bool, what: str = "images"
+async def images_of(call: Call, value: Any, mv: ModelVersion, body: Any, what: str = "images"
                     ) -> ParsedImages:
+    """The request's images in the model's format (`body` carries strict and fit)."""
     s = call.settings
-    limits = ImageLimits(s.max_items, s.max_image_pixels, strict, s.max_request_pixels)
+    limits = ImageLimits(s.max_items, s.max_image_pixels, body.strict, s.max_request_pixels, body.fit,
+                         native=mv.manifest.spatial is not None)
     return await read_images(value, mv.manifest.data, limits, what)
 
 
@@ -75,7 +90,7 @@ def images_answer(
                        **extra)
 
 
-async def endpoint(call: Call, value: Any, mv: ModelVersion, strict: bool, what: str
+async def endpoint(call: Call, value: Any, mv: ModelVersion, body: InterpolateRequest, what: str
                    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """An interpolation end: a latent (flat list of numbers) or exactly one image (with its conversions)."""
     if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
@@ -83,7 +98,7 @@ async def endpoint(call: Call, value: Any, mv: ModelVersion, strict: bool, what:
             return np.asarray(value, dtype=np.float64), []  # (D,); ops.check_latents makes it float32
         except OverflowError as exc:  # an integer of hundreds of digits
             raise InvalidInput(f"{what} holds a number beyond the float range") from exc
-    parsed = await images_of(call, value, mv, strict, what)
+    parsed = await images_of(call, value, mv, body, what)
     if len(parsed.array) != 1:
         raise InvalidInput(f"{what} must be one latent or one image, got {len(parsed.array)} images")
     return parsed.array[0], [c | {"index": what} for c in parsed.converted]
@@ -93,7 +108,7 @@ async def endpoint(call: Call, value: Any, mv: ModelVersion, strict: bool, what:
 async def encode(call: Call, body: EncodeRequest) -> Response:
     """Encode images to latent means (and log-variances for VAEs)."""
     mv = call.model()
-    x = await images_of(call, body.images, mv, body.strict)
+    x = await images_of(call, body.images, mv, body)
     res = await ops.encode(call.runtime, mv, x.array)
     return json_answer(mv, mean=res.mean, logvar=res.logvar, converted=x.converted)
 
@@ -123,8 +138,8 @@ async def sample(call: Call, body: SampleRequest) -> Response:
 async def interpolate(call: Call, body: InterpolateRequest) -> Response:
     """Images along a linear or spherical path between two latents or two images."""
     mv = call.model()
-    a, conv_a = await endpoint(call, body.start, mv, body.strict, "start")
-    b, conv_b = await endpoint(call, body.end, mv, body.strict, "end")
+    a, conv_a = await endpoint(call, body.start, mv, body, "start")
+    b, conv_b = await endpoint(call, body.end, mv, body, "end")
     res = await ops.interpolate(call.runtime, mv, a, b, body.steps, body.method)
     columns = call.query.columns if isinstance(call.query, GridQuery) else None
     return images_answer(call, mv, res.images, body.format, columns=columns or body.steps,
@@ -134,7 +149,7 @@ async def interpolate(call: Call, body: InterpolateRequest) -> Response:
 async def reconstruct(call: Call, body: ReconstructRequest) -> Response:
     """Reconstruct images through the autoencoder, with the per-image error. PNG grid: inputs over outputs."""
     mv = call.model()
-    x = await images_of(call, body.images, mv, body.strict)
+    x = await images_of(call, body.images, mv, body)
     res = await ops.reconstruct(call.runtime, mv, x.array)
     return images_answer(call, mv, res.images, body.format, np.concatenate([x.array, res.images]),
                          columns=len(x.array), mse=res.mse, converted=x.converted)
@@ -143,7 +158,7 @@ async def reconstruct(call: Call, body: ReconstructRequest) -> Response:
 async def denoise(call: Call, body: DenoiseRequest) -> Response:
     """Clean estimates of images, optionally corrupted here first. PNG grid: inputs over outputs."""
     mv = call.model()
-    x = await images_of(call, body.images, mv, body.strict)
+    x = await images_of(call, body.images, mv, body)
     noise = None if body.noise is None else ops.NoiseSpec(body.noise.kind, body.noise.level, body.noise.seed)
     res = await ops.denoise(call.runtime, mv, x.array, noise)
     shown = x.array if res.noisy is None else res.noisy
@@ -152,20 +167,96 @@ async def denoise(call: Call, body: DenoiseRequest) -> Response:
                          columns=len(x.array), noisy=noisy, converted=x.converted)
 
 
+class AnomalyQuery(BaseModel):
+    """What one PNG shows (with `Accept: image/png`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    view: Literal["overlay", "mask", "map"] = Field(
+        default="overlay", description="Accept: image/png: the map over the image (with region boxes), the "
+        "mask, or the map alone")
+
+
+MAX_JSON_MAP_PIXELS = 1 << 20  # maps as JSON numbers beyond this, summed over a request: ask for PNGs
+
+
 async def anomaly_score(call: Call, body: AnomalyScoreRequest) -> Response:
-    """Anomaly scores: raw, normalised (threshold = 0.5), threshold, is_anomaly, optional heatmaps."""
+    """Anomaly scores with maps at each image's own resolution: raw and normalised scores (the threshold
+    used maps to 0.5), is_anomaly; with a pixel threshold, masks and regions; thresholds a request may set."""
     mv = call.model()
-    x = await images_of(call, body.images, mv, body.strict)
-    res = await ops.anomaly_score(call.runtime, mv, x.array, body.heatmap)
-    heat: Any = None
-    if res.heatmaps is not None:
-        h = res.heatmaps
-        if body.format == "png":  # each map scaled to [0, 1] on its own, for viewing
-            flat = h.reshape(len(h), -1)
-            span = np.maximum(flat.max(axis=1) - flat.min(axis=1), 1e-12)
-            h = ((flat - flat.min(axis=1, keepdims=True)) / span[:, None]).reshape(h.shape)
-            heat = to_base64_pngs(h)
-        else:
-            heat = np.ascontiguousarray(h)
-    return json_answer(mv, score=res.score, raw=res.raw, normalised=res.normalised, threshold=res.threshold,
-                       is_anomaly=res.is_anomaly, heatmaps=heat, converted=x.converted)
+    ops.require(mv, "anomaly-score")
+    spec = mv.manifest.anomaly
+    assert spec is not None  # the manifest validator guarantees it for this capability
+    x = await images_of(call, body.images, mv, body)
+    th = anomaly.thresholds(spec, body.threshold, body.fpr, body.pixel_threshold, body.pixel_fpr)
+    png_answer = call.wants_png()
+    if png_answer and len(x.items) != 1:
+        raise InvalidInput(f"a PNG answer shows one image; this request has {len(x.items)} (ask for JSON)")
+    found = await anomaly.score_images(mv, x.items, x.fits, ops.graph_runner(call.runtime, mv), th)
+    if png_answer:
+        view = call.query.view if isinstance(call.query, AnomalyQuery) else "overlay"
+        return Response(_picture(x, found[0], th, view, mv), media_type="image/png")
+    raw = np.array([f.raw for f in found], dtype=np.float64)
+    normalised = scores.normalise(raw, th.image, spec.scale)
+    is_anomaly = raw > th.image
+    maps = masks = heat = None
+    if body.heatmap:
+        pixels = sum(f.map.size for f in found)
+        if body.format == "json" and pixels > MAX_JSON_MAP_PIXELS:
+            raise InvalidInput(f"maps of {pixels} pixels are too many for JSON numbers; ask format=png")
+        vmax = 2 * th.pixel if th.pixel else None
+        maps = [_map_out(f.map, body.format, vmax) for f in found]
+        if th.pixel is not None:
+            masks = [base64.b64encode(mask_png(f.mask)).decode("ascii") if body.format == "png"
+                     else f.mask.astype(np.uint8) for f in found if f.mask is not None]
+        heat = await _legacy_heatmaps(call, mv, x, found, body.format)
+    with_regions = th.pixel is not None
+    return json_answer(
+        mv, score=spec.score, raw=raw, normalised=normalised, threshold=th.image, is_anomaly=is_anomaly,
+        heatmaps=heat, converted=x.converted, pred_score=normalised, pred_label=is_anomaly,
+        thresholds=th.as_dict(), sizes=[list(f.map.shape) for f in found], anomaly_map=maps, pred_mask=masks,
+        regions=[[r.as_dict() for r in f.regions] for f in found] if with_regions else None,
+        regions_total=[f.regions_total for f in found] if with_regions else None)
+
+
+def _map_out(amap: np.ndarray, fmt: str, vmax: float | None) -> Any:
+    if fmt != "png":
+        return np.ascontiguousarray(amap)
+    top = vmax if vmax is not None else float(amap.max())
+    return base64.b64encode(map_png(amap, top)).decode("ascii")
+
+
+async def _legacy_heatmaps(call: Call, mv: ModelVersion, x: ParsedImages, found: list[anomaly.ImageScore],
+                           fmt: str) -> Any:
+    """`heatmaps` as before the maps came at each image's size: the score's per-pixel maps in the model's
+    frame, (N, C, H, W) (each scaled to [0, 1] on its own for PNGs); a fully convolutional model's maps."""
+    if mv.manifest.spatial is not None:
+        h = [f.map[None] for f in found]
+    else:
+        h = list((await ops.anomaly_score(call.runtime, mv, x.array, heatmap=True)).heatmaps)  # type: ignore[arg-type]
+    if fmt != "png":
+        return [np.ascontiguousarray(a) for a in h]
+    out = []
+    for a in h:
+        span = max(float(a.max() - a.min()), 1e-12)
+        out.append(to_base64_pngs(((a - a.min()) / span)[None])[0])
+    return out
+
+
+def _picture(x: ParsedImages, found: anomaly.ImageScore, th: anomaly.Thresholds, view: str,
+             mv: ModelVersion) -> bytes:
+    """The one-image PNG answer: the overlay, the mask, or the map."""
+    vmax = 2 * th.pixel if th.pixel else float(found.map.max())
+    if view == "mask":
+        if found.mask is None:
+            raise InvalidInput("this model has no pixel threshold, so no mask: give pixel_threshold")
+        return mask_png(found.mask)
+    if view == "map":
+        return map_png(found.map, vmax)
+    fit = x.fits[0]
+    image = x.items[0] if fit is None else _source_image(x.items[0], fit, mv)
+    return overlay_png(image, found.map, vmax, [r.box for r in found.regions], mv.manifest.data.value_range)
+
+
+def _source_image(fitted: np.ndarray, fit: Fit, mv: ModelVersion) -> np.ndarray:
+    """The image as the client sent it, for the overlay: the fitted one brought back to its own size."""
+    return np.stack([unfit_map(ch, fit) for ch in fitted])

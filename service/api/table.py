@@ -8,8 +8,13 @@ Each /v1 operation is mounted twice: on the latest version and on `/versions/{ve
 
 from __future__ import annotations
 
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from service import schemas as v1
 from service.api import ops
+from service.errors import MethodNotAllowed, RouteNotFound
 from service.http.table import Row
 from service.v2 import router as v2
 from service.v2 import schemas as v2s
@@ -22,7 +27,7 @@ _V1 = (
     ("interpolate",    v1.InterpolateRequest,    ops.interpolate,   v1.InterpolateResponse,   True,  True),
     ("reconstruct",    v1.ReconstructRequest,    ops.reconstruct,   v1.ReconstructResponse,   True,  True),
     ("denoise",        v1.DenoiseRequest,        ops.denoise,       v1.DenoiseResponse,       True,  True),
-    ("anomaly-score",  v1.AnomalyScoreRequest,   ops.anomaly_score, v1.AnomalyScoreResponse,  True,  False),
+    ("anomaly-score",  v1.AnomalyScoreRequest,   ops.anomaly_score, v1.AnomalyScoreResponse,  True,  True),
 )
 
 #: The /v1 operations, by name (the 404 for an unknown one lists them).
@@ -30,7 +35,8 @@ V1_OPERATIONS = tuple(op for op, *_ in _V1)
 
 TABLE: list[Row] = [
     *(Row(f"/v1/models/{{name}}{at}/{op}", request, operation, response,
-          query=ops.GridQuery if png else None, forms=forms, png=png,
+          query=(ops.AnomalyQuery if op == "anomaly-score" else ops.GridQuery) if png else None,
+          forms=forms, png=png,
           operation_id=operation.__name__ + suffix)
       for op, request, operation, response, forms, png in _V1
       for at, suffix in (("", ""), ("/versions/{version}", "_version"))),
@@ -40,6 +46,21 @@ TABLE: list[Row] = [
     Row("/v2/repository/index", v2s.RepositoryIndexRequest, v2.repository_index,
         list[v2s.RepositoryIndexEntry], tag="v2", optional_body=True),
 ]
+
+async def unknown_operation(request: Request) -> Response:
+    """Any other /v1/models/{name}/{op}: a 404 that lists the operations there are (a 405 for an operation
+    asked with another method than POST)."""
+    op = request.path_params["op"]
+    if op in V1_OPERATIONS:
+        raise MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
+    raise RouteNotFound(f"no operation {op[:40]!r}; the operations are {', '.join(V1_OPERATIONS)} "
+                        "(POST /v1/models/{name}[/versions/{version}]/{op})", operations=list(V1_OPERATIONS))
+
+
+#: Mounted after every other route: what no route took.
+FALLBACK = [Route(path, unknown_operation, include_in_schema=False,
+                  methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+            for path in ("/v1/models/{name}/{op}", "/v1/models/{name}/versions/{version}/{op}")]
 
 #: Routes that change what is served: mounted only when an admin key is set (service.http.access).
 ADMIN_TABLE: list[Row] = [

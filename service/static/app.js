@@ -538,11 +538,13 @@ async function renderScore(s) {
   $("#draw-verdict").hidden = false;
   if (s.heatmap) {
     const hm = await toPicture(s.heatmap, 1);
-    const [, hi] = range(hm);
-    const vmax = hi > 0 ? hi : 1;
-    paint($("#draw-heatmap"), hm, { colormap: inferno, vmin: 0, vmax });
+    // A VAE's map is a per-pixel negative log-likelihood, which can be below 0: the legend shows the range.
+    const [lo, hi] = range(hm);
+    const vmin = Math.min(0, lo);
+    const vmax = hi > vmin ? hi : vmin + 1;
+    paint($("#draw-heatmap"), hm, { colormap: inferno, vmin, vmax });
     colorbar($("#draw-colorbar"));
-    $("#draw-legend-min").textContent = "0";
+    $("#draw-legend-min").textContent = fmt(vmin, 3);
     $("#draw-legend-max").textContent = fmt(vmax, 3);
     $("#draw-legend").hidden = false;
   }

@@ -283,3 +283,59 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def build_spatial_model(root: Path, name: str, version: int = 1, *, channels: int = 1, crop: int = 16,
+                        tile: int = 32, overlap: int = 8, blur_sigma: float = 0.0,
+                        pixel_threshold: float = 0.01, reduction: str = "top_mean") -> Path:
+    """A fully convolutional AE that runs at any size (H, W even): the encoder averages 2x2 blocks, the
+    decoder repeats each code pixel 2x2, so x_hat is the block-averaged image and the map is where the image
+    varies within a block (edges, a pasted blob). Calibration quantiles are made up but consistent."""
+    from service.store.manifest import Calibration, MapSpec, SpatialSpec
+
+    vdir = version_dir(root, name, version)
+    vdir.mkdir(parents=True)
+    c = channels
+    pool = np.zeros((c, c, 2, 2), np.float32)
+    up = np.zeros((c, c, 2, 2), np.float32)
+    for i in range(c):
+        pool[i, i] = 0.25
+        up[i, i] = 1.0
+    dyn = ["batch", c, "h", "w"]
+    enc = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["z"], strides=[2, 2])], "encoder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dyn)],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", c, "h2", "w2"])],
+        [numpy_helper.from_array(pool, "W")])
+    dec = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["z", "W"], ["x_hat"], strides=[2, 2])], "decoder",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", c, "h2", "w2"])],
+        [helper.make_tensor_value_info("x_hat", TensorProto.FLOAT, dyn)],
+        [numpy_helper.from_array(up, "W")])
+    _save(enc, vdir / "encoder.onnx")
+    _save(dec, vdir / "decoder.onnx")
+    graphs = {
+        "encoder": GraphSpec(file="encoder.onnx", inputs=[TensorSpec(name="x", shape=[-1, c, -1, -1])],
+                             outputs=[TensorSpec(name="z", shape=[-1, c, -1, -1])]),
+        "decoder": GraphSpec(file="decoder.onnx", inputs=[TensorSpec(name="z", shape=[-1, c, -1, -1])],
+                             outputs=[TensorSpec(name="x_hat", shape=[-1, c, -1, -1])]),
+    }
+    probs = [0.5, 0.9, 0.99, 0.999]
+    anomaly = AnomalySpec(
+        score="reconstruction", params={"blur_sigma": blur_sigma}, threshold=0.002, rule="fixture",
+        scale=0.001, map=MapSpec(reduction=reduction, top_fraction=0.01, pixel_threshold=pixel_threshold,
+                                 pixel_rule="fixture", min_region_pixels=2),
+        calibration=Calibration(probs=probs, image=[0.0005, 0.001, 0.002, 0.004],
+                                pixel=[0.0, 0.002, 0.01, 0.02]),
+    )
+    manifest = Manifest(
+        name=name, version=version, family="ae", variant="plain", created_at=datetime.now(UTC),
+        code_version="test", data=DataSpec(dataset="synthetic", shape=(c, crop, crop), preprocessing="none"),
+        latent=LatentSpec(dim=c, prior=NormalPrior()), graphs=graphs,
+        files={g.file: sha256_file(vdir / g.file) for g in graphs.values()},
+        capabilities=["reconstruct", "anomaly-score"], anomaly=anomaly,
+        spatial=SpatialSpec(multiple=2, latent_channels=c, tile=tile, overlap=overlap),
+        metrics={"val_loss": 0.1}, training={"seed": 0},
+    )
+    (vdir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return vdir

@@ -149,10 +149,11 @@ def test_multipart_upload_of_several_files(client: TestClient) -> None:
 def test_conversion_is_reported_and_strict_refuses(client: TestClient) -> None:
     big = png_b64(np.random.default_rng(0).random((28, 28, 3)))  # RGB 28x28 for a 1x8x8 model
     body = ok(client.post("/v1/models/tiny-ae/encode", json={"images": [big, png_b64(IMG)]}))
-    assert body["converted"] == [{"index": 0, "from": "PNG 28x28 RGB", "to": [1, 8, 8]}]
+    assert body["converted"] == [{"index": 0, "from": "PNG 28x28 RGB", "to": [1, 8, 8], "fit": "letterbox"}]
     arr = np.zeros((1, 1, 16, 16)).tolist()
     body = ok(client.post("/v1/models/tiny-rgb/reconstruct", json={"images": arr}))
-    assert body["converted"] == [{"index": 0, "from": [1, 16, 16], "to": [3, 6, 6]}] and body["shape"] == [
+    assert body["converted"] == [{"index": 0, "from": [1, 16, 16], "to": [3, 6, 6], "fit": "letterbox"}]
+    assert body["shape"] == [
         1,
         3,
         6,
@@ -347,7 +348,7 @@ def test_nan_in_latents(client: TestClient) -> None:
         content=b'{"latents": [[0, NaN, 0, 0]]}',
         headers={"content-type": "application/json"},
     )
-    assert "NaN" in problem(r, 422, "invalid-input")["detail"]
+    assert "finite number" in problem(r, 422, "invalid-input")["detail"]  # NaN is not one
 
 
 @pytest.mark.parametrize("op, body", [
@@ -428,6 +429,37 @@ def test_capability_missing_is_409_naming_it(client: TestClient) -> None:
 def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
     problem(client.get("/v2x/nothing"), 404)
     problem(client.get("/v1/models/tiny-ae/sample"), 405)
+
+
+@pytest.mark.parametrize("path", ["/v1/models/tiny-ae/samples", "/v1/models/tiny-ae/versions/1/Sample",
+                                  "/v1/models/tiny-ae/reconstruction"])
+def test_an_unknown_operation_lists_the_operations(client: TestClient, path: str) -> None:
+    for r in (client.post(path, json={}), client.get(path)):
+        p = problem(r, 404)
+        assert p["operations"] == ["encode", "decode", "sample", "interpolate", "reconstruct", "denoise",
+                                   "anomaly-score"]
+        assert "no operation" in p["detail"] and "anomaly-score" in p["detail"]
+
+
+def test_v2_repository_index_takes_curl_d_without_a_content_type(client: TestClient) -> None:
+    r = client.post("/v2/repository/index", content=b'{"ready": true}',
+                    headers={"content-type": "application/x-www-form-urlencoded"})  # what curl -d sends
+    assert r.status_code == 200 and all(e["state"] == "READY" for e in r.json()), r.text
+    assert client.post("/v2/repository/index").status_code == 200
+    bad = client.post("/v2/repository/index", content=b'{"ready": "maybe"}')
+    assert bad.status_code == 400 and "error" in bad.json()
+
+
+def test_docs_and_redoc_are_served_without_a_cdn(client: TestClient) -> None:
+    for page, asset in (("/docs", "/docs/static/swagger-ui-bundle.js"),
+                        ("/redoc", "/docs/static/redoc.standalone.js")):
+        html = client.get(page)
+        assert html.status_code == 200 and asset in html.text
+        for cdn in ("cdn.jsdelivr", "unpkg", "fonts.googleapis"):
+            assert cdn not in html.text
+        js = client.get(asset)
+        assert js.status_code == 200 and len(js.content) > 100_000
+    assert client.get("/docs/static/swagger-ui.css").status_code == 200
 
 
 def test_server_stays_healthy_after_bad_requests(client: TestClient) -> None:

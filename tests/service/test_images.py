@@ -32,7 +32,7 @@ def test_resize_and_channel_conversion_of_arrays() -> None:
     big = np.full((1, 1, 28, 28), 0.5).tolist()
     out = parse_images(big, GRAY, LIMITS)
     np.testing.assert_allclose(out.array, 0.5, atol=1e-6)
-    assert out.converted == [{"index": 0, "from": [1, 28, 28], "to": [1, 8, 8]}]
+    assert out.converted == [{"index": 0, "from": [1, 28, 28], "to": [1, 8, 8], "fit": "letterbox"}]
     rgb = np.zeros((1, 3, 8, 8))
     rgb[0, 1] = 1.0  # pure green
     out = parse_images(rgb.tolist(), GRAY, LIMITS)
