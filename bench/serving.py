@@ -173,13 +173,17 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], failure: str, timeout_s:
 
 @contextmanager
 def server(store: Path, cfg: Config, workdir: Path, pythonpath: tuple[Path, ...] = (), root: Path = ROOT,
-           cpus: str | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+           cpus: str | None = None, env: dict[str, str] | None = None
+           ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m service` with the default settings but `cfg` (and room for n=1024 requests); `pythonpath`
     goes ahead of the repository (bench/c1_stubs.py puts a sitecustomize there). `root`: the checkout whose
-    service runs (bench/boundary.py runs an older commit's); `cpus`: pinned there with taskset."""
+    service runs (bench/boundary.py runs an older commit's); `cpus`: pinned there with taskset; `env`: more
+    LATENTSERVE_* settings."""
     port = free_port()
+    extra = env or {}
     env = {
         **os.environ,
+        **extra,
         "LATENTSERVE_STORE": str(store),
         "LATENTSERVE_HOST": "127.0.0.1",
         "LATENTSERVE_PORT": str(port),
@@ -911,6 +915,11 @@ def main(argv: list[str] | None = None) -> int:
         boundary_md = boundary.markdown(found, boundary.BASE, rounds, seconds)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         (args.out.parent / "boundary.json").write_text(json.dumps(found, indent=1))
+    import warmup  # bench/warmup.py: first requests after ready, with and without the warm-up
+
+    with tempfile.TemporaryDirectory() as tmp:
+        starts = 1 if args.quick else 3
+        boundary_md += warmup.markdown(warmup.run(starts, Path(tmp)), starts)
     with tempfile.TemporaryDirectory() as tmp:
         res, lines, profiles = run_all(scs, concs, args, Path(tmp))
         starts = fresh_starts(scs, args, Path(tmp)) if 1 in concs else []

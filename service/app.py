@@ -17,6 +17,7 @@ this, in the HTTP protocol (service.http.headers, wired by service.http.server).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -72,6 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = Runtime(settings, stats=metrics.inference, alone=alone)
     store = await anyio.to_thread.run_sync(ModelStore.open, settings.store, runtime.prepare)
     runtime.retain(store)
+    await asyncio.get_running_loop().run_in_executor(None, int)  # the batcher's pool: its thread, now
     app.state.runtime, app.state.store, app.state.ready = runtime, store, True
     log.info("serving %d models from %s (%s backend)", len(store.names()), settings.store, settings.backend)
     try:

@@ -13,7 +13,7 @@ Only requests with the same input names, dtypes and trailing shapes share a batc
 can never fail its neighbours' batch. A request bigger than `max_batch_size` runs alone, unsplit.
 
 Small work runs on the event loop instead of the pool, judged by its compute time predicted from the least
-time per row of recent executions:
+time per input element of recent executions:
 - a request alone in the server (`alone()`) with work under `inline_alone_below_us` runs at once: the loop
   would only wait for the thread, so the hand-off is pure latency;
 - tiny work (under `inline_below_us`) with company queues, and the queue is run on the loop one turn later
@@ -70,23 +70,27 @@ class QueueFull(Exception):
 class _Pending:
     feeds: Feeds
     rows: int
+    work: int  # input elements: what the compute estimate scales with
     signature: object
     future: asyncio.Future[Feeds]
     enqueued: float
 
 
-def _signature(feeds: Feeds) -> tuple[int, object]:
-    """(rows, batching key). Inputs that do not share a dim 0 get a unique key: they run alone."""
+def _signature(feeds: Feeds) -> tuple[int, object, int]:
+    """(rows, batching key, work). Inputs that do not share a dim 0 get a unique key: they run alone. The work
+    is the input's element count: a fully convolutional graph's cost grows with each image's pixels, not with
+    the rows alone."""
     if len(feeds) == 1:  # the usual case, without the sets and sorting below
         (name, a), = feeds.items()
         if not a.ndim:
-            return 0, object()
-        return a.shape[0], ((name, a.dtype.str, a.shape[1:]),)
+            return 0, object(), a.size
+        return a.shape[0], ((name, a.dtype.str, a.shape[1:]),), a.size
+    work = sum(a.size for a in feeds.values())
     rows = {a.shape[0] if a.ndim else -1 for a in feeds.values()}
     if len(rows) != 1 or -1 in rows:
-        return 0, object()
+        return 0, object(), work
     key = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in feeds.items()))
-    return rows.pop(), key
+    return rows.pop(), key, work
 
 
 class Batcher:
@@ -95,8 +99,10 @@ class Batcher:
     def __init__(
         self, run: RunFn, config: BatchConfig, executor: Executor | None = None, *,
         model: str = "model", version: str = "1", stats: InferenceStats | None = None,
-        alone: Callable[[], bool] | None = None,
+        alone: Callable[[], bool] | None = None, s_per_unit: float | None = None,
     ) -> None:
+        """`s_per_unit`: compute seconds per input element already measured (the warm-up's), so the first
+        request can run on the event loop when that is where it belongs."""
         self._run = run
         self._alone = alone or (lambda: False)  # True when this request is the only one in the server
         self.config = config
@@ -105,10 +111,10 @@ class Batcher:
         if stats is not None:
             stats.pending_from(model, version, lambda: len(self._queue))
         self._reset(None)
-        # Compute time per row: the minimum of recent executions, since wall time measured on a busy host
-        # also counts waits for a core or the GIL, which says nothing about the work itself.
-        self._recent: deque[float] = deque(maxlen=32)
-        self._s_per_row: float | None = None
+        # Compute time per input element: the minimum of recent executions, since wall time measured on a busy
+        # host also counts waits for a core or the GIL, which says nothing about the work itself.
+        self._recent: deque[float] = deque([s_per_unit] if s_per_unit is not None else (), maxlen=32)
+        self._s_per_unit: float | None = s_per_unit
 
     def _reset(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
@@ -139,12 +145,12 @@ class Batcher:
             self._reset(loop)
         if len(self._queue) >= self.config.queue_size:
             raise QueueFull(self._model, self.config.queue_size)
-        rows, key = _signature(feeds)
-        if not self._queue and not self.config.max_queue_delay_us and self._inline_now(rows):
+        rows, key, work = _signature(feeds)
+        if not self._queue and not self.config.max_queue_delay_us and self._inline_now(work):
             # Nothing waiting, no batching window to honour, and the work is tiny (or the request is alone):
             # run it now, on the loop, without queue or future (and no queue time to record).
-            return self._run_one(feeds, rows)
-        item = _Pending(feeds, rows, key, loop.create_future(), time.perf_counter())
+            return self._run_one(feeds, rows, work)
+        item = _Pending(feeds, rows, work, key, loop.create_future(), time.perf_counter())
         self._queue.append(item)
         if self._arrival is not None and not self._arrival.done():
             self._arrival.set_result(None)
@@ -178,10 +184,12 @@ class Batcher:
     def _tiny_rows(self) -> int:
         """How many rows a batch may hold and still be predicted tiny (under inline_below_us); 0 when even
         the head request is not."""
-        if self._s_per_row is None or not self.config.inline_below_us:
+        if self._s_per_unit is None or not self.config.inline_below_us:
             return 0
-        fit = int(self.config.inline_below_us / 1e6 / max(self._s_per_row, 1e-12))
-        if fit < max(self._queue[0].rows, 1):
+        head = self._queue[0]
+        per_row = head.work / max(head.rows, 1)
+        fit = int(self.config.inline_below_us / 1e6 / max(self._s_per_unit * per_row, 1e-12))
+        if fit < max(head.rows, 1):
             return 0
         return max(1, min(fit, self.config.max_batch_size))
 
@@ -246,10 +254,10 @@ class Batcher:
     def _start(self, batch: list[_Pending]) -> None:
         if not batch:
             return
-        if self._predicted_below(sum(p.rows for p in batch), self.config.inline_below_us):
+        if self._predicted_below(sum(p.work for p in batch), self.config.inline_below_us):
             # Tiny work: a hand-off to a thread costs more than the inference itself.
             try:
-                parts = self._run_batch([p.feeds for p in batch], [p.rows for p in batch])
+                parts = self._run_batch(batch)
             except Exception as exc:
                 self._fail(batch, exc)
                 return
@@ -259,25 +267,25 @@ class Batcher:
         assert self._loop is not None
         self._loop.create_task(self._execute(batch))
 
-    def _predicted_below(self, rows: int, limit_us: float) -> bool:
-        """True when `rows` are predicted (from measured executions) to compute in under `limit_us`."""
-        return self._s_per_row is not None and self._s_per_row * max(rows, 1) * 1e6 < limit_us
+    def _predicted_below(self, work: int, limit_us: float) -> bool:
+        """True when `work` input elements are predicted (from measured executions) to compute in under
+        `limit_us`."""
+        return self._s_per_unit is not None and self._s_per_unit * max(work, 1) * 1e6 < limit_us
 
-    def _inline_now(self, rows: int) -> bool:
+    def _inline_now(self, work: int) -> bool:
         """Run at once, on the loop, without queue or future: work predicted under inline_alone_below_us when
         the request is alone (the loop would only wait for a thread, whose hand-off is then pure latency: at
         concurrency 1, a third of a 1 ms request in bench/serving.py), and tiny work when there is no batching
         to be had (batching off). Tiny work with company queues and is flushed on the loop, batched."""
-        tiny = self._predicted_below(rows, self.config.inline_below_us)
+        tiny = self._predicted_below(work, self.config.inline_below_us)
         if tiny and self.config.max_batch_size == 1:
             return True
-        return (tiny or self._predicted_below(rows, self.config.inline_alone_below_us)) and self._alone()
+        return (tiny or self._predicted_below(work, self.config.inline_alone_below_us)) and self._alone()
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            parts = await loop.run_in_executor(
-                self._executor, self._run_batch, [p.feeds for p in batch], [p.rows for p in batch])
+            parts = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except BaseException as exc:  # every waiter of the batch gets the error; the scheduler keeps going
             self._fail(batch, exc)
             if not isinstance(exc, Exception):
@@ -301,29 +309,31 @@ class Batcher:
             if not p.future.done():
                 p.future.set_exception(err)
 
-    def _run_one(self, feeds: Feeds, rows: int) -> Feeds:
+    def _run_one(self, feeds: Feeds, rows: int, work: int) -> Feeds:
         """Run one request's feeds as they are (the inline path, and a batch of one)."""
         start = time.perf_counter()
         out = self._run(feeds)
-        self._measured(rows, time.perf_counter() - start)
+        self._measured(rows, work, time.perf_counter() - start)
         return out
 
-    def _measured(self, rows: int, took: float) -> None:
-        """Record an execution: the compute-per-row estimate (least of the last 32) and the metrics."""
-        self._recent.append(took / max(rows, 1))
-        self._s_per_row = min(self._recent)
+    def _measured(self, rows: int, work: int, took: float) -> None:
+        """Record an execution: the compute estimate (seconds per input element, least of the last 32) and
+        the metrics."""
+        self._recent.append(took / max(work, 1))
+        self._s_per_unit = min(self._recent)
         if self._stats is not None:
             self._stats.execution(self._model, self._version, rows, took)
 
-    def _run_batch(self, feeds: list[Feeds], rows: list[int]) -> list[Feeds]:
+    def _run_batch(self, batch: list[_Pending]) -> list[Feeds]:
         """Worker thread: concatenate, run once, split back into per-request outputs."""
-        if len(feeds) == 1:
-            return [self._run_one(feeds[0], rows[0])]
+        if len(batch) == 1:
+            return [self._run_one(batch[0].feeds, batch[0].rows, batch[0].work)]
+        feeds, rows = [p.feeds for p in batch], [p.rows for p in batch]
         merged = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
         start = time.perf_counter()
         out = self._run(merged)
         total = sum(rows)
-        self._measured(total, time.perf_counter() - start)
+        self._measured(total, sum(p.work for p in batch), time.perf_counter() - start)
         for name, arr in out.items():
             if arr.ndim == 0 or arr.shape[0] != total:
                 raise RuntimeError(f"output {name!r} has no batch dimension of {total}; cannot split")
@@ -372,11 +382,11 @@ class BatcherPool:
         self.config, self.stats, self.alone, self.labels = config, stats, alone, labels
         self._by_key: dict[object, tuple[_Session, Batcher]] = {}
 
-    def get(self, key: object, sess: _Session) -> Batcher:
+    def get(self, key: object, sess: _Session, s_per_unit: float | None = None) -> Batcher:
         entry = self._by_key.get(key)
         if entry is None or entry[0] is not sess:
             model, version = self.labels(key)
             entry = (sess, Batcher(session_runner(sess), self.config, model=model, version=version,
-                                   stats=self.stats, alone=self.alone))
+                                   stats=self.stats, alone=self.alone, s_per_unit=s_per_unit))
             self._by_key[key] = entry
         return entry[1]

@@ -84,6 +84,7 @@ class AnomalyScores:
 #: Where seeds come from when a request names none (seeded from OS entropy at import). Only the event loop
 #: thread draws from it; the seed is returned, so any draw can be repeated exactly.
 _SEEDS = random.Random()
+_RandomState = np.random.RandomState  # numpy loads np.random on first use: at import, not on a first request
 _LOCAL = threading.local()  # one reusable generator per thread (see `seeded`)
 
 
@@ -99,7 +100,7 @@ def seeded(seed: int) -> np.random.RandomState:
     """
     rs = getattr(_LOCAL, "rs", None)
     if rs is None:
-        rs = _LOCAL.rs = np.random.RandomState(0)
+        rs = _LOCAL.rs = _RandomState(0)
     if seed < 2**32:
         rs.seed(seed)
     else:  # MT19937's init_by_array takes 32-bit words

@@ -23,6 +23,7 @@ from service.batching import BatcherPool, QueueFull, batch_config_from
 from service.errors import InferenceFailed, InvalidInput, Overloaded
 from service.metrics import InferenceStats
 from service.settings import Settings
+from service.store.manifest import TensorSpec
 
 if TYPE_CHECKING:
     from service.store.repository import ModelStore, ModelVersion
@@ -79,6 +80,45 @@ class _TorchScriptSession:
         return [o.detach().cpu().numpy() for o in outs]
 
 
+def _feed(spec: TensorSpec, size: dict[int, int]) -> np.ndarray:
+    """Zeros of a tensor's signature: batch 1, other dynamic dims from `size` (by position), else 1."""
+    return np.zeros([1] + [d if d > 0 else size.get(i, 1) for i, d in enumerate(spec.shape[1:], 1)],
+                    dtype=np.float32)
+
+
+def warm_up(mv: ModelVersion, sessions: dict[str, GraphSession]) -> dict[str, float]:
+    """Run each new graph on a batch of its signature, so no client pays for the first run (onnxruntime
+    allocates and plans on it: Triton's model_warmup); a second, warm run's seconds per input element are
+    returned, the batcher's first estimate of the graph's cost. The encoder gets an image of the model's size
+    and the decoder the encoder's code (a fully convolutional model's sizes follow from the image); a graph
+    that cannot run its own signature refuses the version."""
+    graphs = mv.manifest.graphs
+    image = np.zeros((1, *mv.manifest.data.shape), dtype=np.float32)
+    code = None
+    took: dict[str, float] = {}
+    for gname, sess in sessions.items():
+        spec = graphs[gname]
+        if gname in ("encoder", "critic"):
+            feeds = {spec.inputs[0].name: image}
+        elif gname == "decoder" and code is not None:
+            feeds = {spec.inputs[0].name: code}
+        else:
+            feeds = {t.name: _feed(t, {}) for t in spec.inputs}
+        if gname == "decoder" and code is None and "encoder" in graphs and "encoder" in sessions:
+            code = sessions["encoder"].run({graphs["encoder"].inputs[0].name: image})[0]
+            feeds = {spec.inputs[0].name: code}
+        try:
+            out = sess.run(feeds)
+            start = time.perf_counter()
+            sess.run(feeds)
+            took[gname] = (time.perf_counter() - start) / max(sum(a.size for a in feeds.values()), 1)
+        except Exception as exc:
+            raise ValueError(f"graph {gname!r} fails on a batch of its own signature: {exc}") from exc
+        if gname == "encoder":
+            code = out[0]
+    return took
+
+
 class Runtime:
     """Sessions keyed by (model, version, graph), and the async `infer` every operation awaits."""
 
@@ -90,6 +130,7 @@ class Runtime:
         # sha256 of the file each session was built from: a version folder replaced in place under the same
         # number (e.g. `zoo --fresh`) has new digests, so its sessions are rebuilt instead of served stale.
         self._digests: dict[SessionKey, str] = {}
+        self._warm_s: dict[SessionKey, float] = {}  # the warm-up's seconds per input element, per graph
         self.stats = stats or InferenceStats()  # Triton-named metrics, labelled by V2 name <model>.<graph>
         # One queue per graph, labelled by V2 name and version; a replaced session gets a fresh one.
         self._batchers = BatcherPool(batch_config_from(settings), self.stats, alone,
@@ -114,9 +155,13 @@ class Runtime:
                     f"manifest says {ins} {outs}"
                 )
             made[key] = (got, digest)
+        took = warm_up(mv, {key[2]: got for key, (got, _) in made.items()}) if made and self.settings.warmup \
+            else {}
         for key, (got, digest) in made.items():
             self._sessions[key] = got
             self._digests[key] = digest
+            if key[2] in took:
+                self._warm_s[key] = took[key[2]]
 
     def _make_session(self, mv: ModelVersion, gname: str) -> GraphSession:
         spec = mv.manifest.graphs[gname]
@@ -140,6 +185,7 @@ class Runtime:
         for key in [k for k in self._sessions if (k[0], k[1]) not in keep]:
             del self._sessions[key]
             self._digests.pop(key, None)
+            self._warm_s.pop(key, None)
 
     def session(self, mv: ModelVersion, graph: str) -> GraphSession:
         try:
@@ -156,7 +202,8 @@ class Runtime:
         """Run one graph on `feeds` (batched, inline or in a worker thread); outputs by name. The one door to
         inference."""
         sess = self.session(mv, graph)
-        batcher = self._batchers.get((mv.name, mv.version, graph), sess)
+        key = (mv.name, mv.version, graph)
+        batcher = self._batchers.get(key, sess, self._warm_s.get(key))
         label, version = batcher.model, batcher.version
         start = time.perf_counter()
         for name in sess.input_names:

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         default=2000.0, ge=0, description="predicted compute below this runs on the event loop when the "
         "request is the only one in the server (0 = never)"
     )
+    # Each graph runs once on a batch of its signature before it serves (Triton's model_warmup): onnxruntime
+    # allocates and plans on its first run, which no client should wait for. Off only to measure that.
+    warmup: bool = Field(default=True, description="run each graph once before it serves")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_items: int = Field(default=256, ge=1, description="images or latents per request")
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="declared W*H above this is refused")

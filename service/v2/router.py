@@ -18,8 +18,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.api.health import readiness
 from service.errors import InvalidInput, NotReady
-from service.http.drain import is_draining
 from service.http.table import Call
 from service.runtime import Runtime
 from service.store.repository import ModelStore, ModelVersion
@@ -49,9 +49,7 @@ router = APIRouter(prefix="/v2", tags=["v2"], responses=ERRORS)  # type: ignore[
 
 # --- app state ----------------------------------------------------------------------------------
 def _ready(request: Request) -> bool:
-    state = request.app.state
-    return getattr(state, "store", None) is not None and bool(getattr(state, "ready", False)) \
-        and not is_draining(request.app)
+    return readiness(request.app)[0]
 
 
 def _store(request: Request) -> ModelStore:

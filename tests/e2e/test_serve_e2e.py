@@ -104,11 +104,23 @@ def test_sigterm_stops_the_server_cleanly(server: tuple[str, subprocess.Popen[by
      ["bad settings:", "LATENTSERVE_PORT='abc': Input should be a valid integer"]),
     ({"LATENTSERVE_MAX_BATCH_SIZE": "0", "LATENTSERVE_BATCHING": "maybe"},
      ["LATENTSERVE_MAX_BATCH_SIZE='0'", "LATENTSERVE_BATCHING='maybe'"]),
-    ({"LATENTSERVE_STORE": "/nonexistent/store"}, ["models store /nonexistent/store is not a directory"]),
+    ({"LATENTSERVE_STORE": "/nonexistent/store"},
+     ["LATENTSERVE_STORE='/nonexistent/store': the models store is not a directory"]),
+    # every problem at once: a bad value, a missing store and a backend that cannot load, three lines
+    ({"LATENTSERVE_PORT": "abc", "LATENTSERVE_STORE": "/nonexistent/store",
+      "LATENTSERVE_BACKEND": "torchscript", "PYTHONPATH": "NOTORCH"},
+     ["LATENTSERVE_PORT='abc'", "LATENTSERVE_STORE='/nonexistent/store'",
+      "LATENTSERVE_BACKEND='torchscript': needs torch"]),
 ])
-def test_bad_settings_are_one_clear_error_and_exit_2(env: dict[str, str], expected: list[str]) -> None:
+def test_bad_settings_are_one_clear_error_and_exit_2(env: dict[str, str], expected: list[str],
+                                                     tmp_path: Path) -> None:
     """Operators get every bad LATENTSERVE_* variable named, not a traceback, before anything binds."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("LATENTSERVE_")}
+    if env.get("PYTHONPATH") == "NOTORCH":  # a torch that cannot import, ahead of the real one
+        fake = tmp_path / "torch"
+        fake.mkdir()
+        (fake / "__init__.py").write_text("raise ImportError('no torch in this environment')\n")
+        env = {**env, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env={**base, **env},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr[-2000:]

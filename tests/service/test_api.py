@@ -491,8 +491,8 @@ def test_inference_failure_is_500_inference_failed(
     def broken_run(self: Any, feeds: Any) -> Any:
         raise RuntimeError("onnxruntime exploded")
 
-    monkeypatch.setattr(runtime._OnnxSession, "run", broken_run)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        monkeypatch.setattr(runtime._OnnxSession, "run", broken_run)  # after the warm-up (it would refuse)
         p = problem(c.post("/v1/models/tiny-ae/sample", json={"n": 1}), 500, "inference-failed")
         assert "exploded" not in p["detail"]
 

@@ -158,3 +158,21 @@ def test_serving_path_needs_only_the_serve_extra() -> None:
     used = {canonicalize_name(d) for d in __import__("json").loads(r.stdout.splitlines()[-1])}
     extra = used - _serve_closure() - {"latentserve"}
     assert not extra, f"the serving path imports distributions outside the serve extra: {sorted(extra)}"
+
+
+def test_a_store_whose_every_version_was_refused_is_not_ready(tmp_path: Path) -> None:
+    """As with LATENTSERVE_BACKEND=torchscript and no TorchScript twins: all refused, nothing served."""
+    from storebuilder import build_model
+
+    vdir = build_model(tmp_path, "only", 1)
+    (vdir / "decoder.onnx").write_bytes(b"not onnx")  # the checksum fails: refused
+    with TestClient(create_app(Settings(store=tmp_path))) as c:
+        r = c.get("/health/ready")
+        assert r.status_code == 503 and r.json()["models"] == 0, r.text
+        assert "no version of the store loaded" in r.json()["reason"]
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/health/live").status_code == 200
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with TestClient(create_app(Settings(store=empty))) as c:  # nothing published yet: ready, serving nothing
+        assert c.get("/health/ready").status_code == 200

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from service.batching import BatchConfig, Batcher, QueueFull
+from service.batching import BatchConfig, Batcher, QueueFull, _signature
 from service.metrics import InferenceStats
 
 
@@ -341,6 +341,16 @@ def test_the_compute_estimate_is_the_least_of_the_last_32_executions() -> None:
     for i in range(300):
         took = float(rng.uniform(1, 10)) if i % 50 else 0.5  # a low value every 50, which later ages out
         rows = int(rng.integers(1, 4))
-        b._measured(rows, took)  # noqa: SLF001
-        seen.append(took / rows)
-        assert b._s_per_row == min(seen[-32:])  # noqa: SLF001
+        b._measured(rows, rows * 8, took)  # noqa: SLF001  (8 input elements a row)
+        seen.append(took / (rows * 8))
+        assert b._s_per_unit == min(seen[-32:])  # noqa: SLF001
+
+
+def test_the_estimate_scales_with_the_input_not_the_rows() -> None:
+    """A fully convolutional graph's cost grows with each image's pixels: a batch of one large image must not
+    look tiny because a batch of one small image was (it would then run on the event loop and stall it)."""
+    config = BatchConfig(inline_below_us=100.0, inline_alone_below_us=2000.0)
+    b = Batcher(lambda feeds: feeds, config, s_per_unit=1e-9, alone=lambda: True)  # 1 ns per pixel
+    assert b._inline_now(64 * 64)  # noqa: SLF001  a small crop: 4 us, on the loop
+    assert not b._inline_now(4096 * 4096)  # noqa: SLF001  a 16-megapixel photo: 17 ms, to the pool
+    assert _signature({"x": np.zeros((2, 3, 10, 20), np.float32)})[::2] == (2, 2 * 3 * 10 * 20)
