@@ -172,9 +172,16 @@ async function loadModels() {
     ...state.models.map((m) => new Option(`${m.name} (${m.family}${m.variant ? `, ${m.variant}` : ""})`, m.name)),
   );
   select.disabled = false;
-  const name = wanted || state.models[0].name;
-  if (state.models.some((m) => m.name === name)) select.value = name;
+  let name = wanted || state.models[0].name;
+  let unknown = null;
+  if (!state.models.some((m) => m.name === name)) {
+    // A link to a model the store does not serve: say so, and show a model that exists, consistently.
+    unknown = pageProblem("Unknown model", `The store has no model "${name}"; showing ${state.models[0].name}.`);
+    name = state.models[0].name;
+  }
+  select.value = name;
   await selectModel(name);
+  if (unknown) showProblem($("#global-error"), unknown);
 }
 
 select.addEventListener("change", () => selectModel(select.value));
@@ -192,6 +199,8 @@ async function selectModel(name) {
     if (epoch !== state.epoch) return;
     showProblem(global, err);
     $("#model-title").textContent = name;
+    state.model = null; // nothing to act on: every model button off until a model loads
+    applyCapabilities();
     infoCard.setAttribute("aria-busy", "false");
     return;
   }
@@ -274,6 +283,7 @@ const NEEDS = {
 function applyCapabilities() {
   for (const btn of $$("[data-capability]")) btn.disabled = !has(btn.dataset.capability);
   const m = state.model;
+  if (!m) return; // no model loaded: every button above is off
   for (const [id, caps] of Object.entries(NEEDS)) {
     const note = $(`#${id} .capability-note`);
     const missing = caps.filter((c) => !has(c));

@@ -218,8 +218,12 @@ def test_api_errors_are_shown_as_readable_messages(page: Any, server: Any, artif
     error = page.locator("#global-error")
     assert error.is_visible()
     text = error.inner_text()
-    assert "404" in text and ("no-such-model" in text or "not found" in text.lower()), text
+    assert "no-such-model" in text and "Unknown model" in text, text
     assert page.locator("#model-select option").count() == len(server.models), "the page still works"
+    # one model everywhere: the dropdown, the card, the URL; and its buttons follow its capabilities
+    shown = page.locator("#model-select").input_value()
+    assert page.locator("#model-title").inner_text() == shown
+    assert f"model={shown}" in page.url
 
     model = server.model("sample")
     open_view(page, model["name"], "sample")
