@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run train-env test models bench bench-quality bench-soak lint schema clean
+.PHONY: run train-env test models bench bench-quality bench-soak lint schema docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-soak: $(VENV)/.dev
 
 schema: $(VENV)/.dev
 	$(BIN)/python -m service.store.schema --write models_store/README.md
+
+# Run the README's API examples against a fresh server; rewrite their answers and the pictures from it.
+docs: $(VENV)/.dev
+	$(BIN)/python docs/readme_examples.py --write
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service training tests bench
