@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run train-env test models bench bench-quality bench-soak lint schema docs clean
+.PHONY: run train-env test models bench bench-quality bench-soak lint schema docs grpc-proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-soak: $(VENV)/.dev
 
 schema: $(VENV)/.dev
 	$(BIN)/python -m service.store.schema --write models_store/README.md
+
+# service/grpc/inference.proto -> inference_pb.py (committed; tests/service/test_grpc_wire.py checks it is fresh)
+grpc-proto: $(VENV)/.dev
+	$(BIN)/python -m service.grpc.generate
 
 # Run the README's API examples against a fresh server; rewrite their answers and the pictures from it.
 docs: $(VENV)/.dev

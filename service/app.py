@@ -30,6 +30,7 @@ from fastapi_offline import FastAPIOffline
 from service import reload as hot_reload
 from service.api import health, models, playground
 from service.api.table import ADMIN_TABLE, FALLBACK, TABLE
+from service.grpc import server as grpc_server
 from service.http import openapi, problems, table
 from service.http.access import AccessGuard, parse_keys
 from service.http.body import BodyLimit
@@ -77,7 +78,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.runtime, app.state.store, app.state.ready = runtime, store, True
     log.info("serving %d models from %s (%s backend)", len(store.names()), settings.store, settings.backend)
     try:
-        async with hot_reload.polling(app, settings.reload_interval_s):  # hot reload by polling (0 = off)
+        async with (hot_reload.polling(app, settings.reload_interval_s),  # hot reload by polling (0 = off)
+                    grpc_server.serving(app, settings)):  # the gRPC Open Inference Protocol (0 = off)
             yield
     finally:
         app.state.ready = False

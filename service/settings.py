@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     store: Path = Field(default=Path("models_store"), description="root of the models store")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # The Open Inference Protocol over gRPC (service.grpc), on the same host, in the same process and event
+    # loop as HTTP: Triton's port. A port that cannot be bound stops the server at startup, as Triton does.
+    grpc_port: int = Field(default=8001, ge=0, le=65535, description="gRPC (KServe V2) port; 0 = off")
     backend: Literal["onnx", "torchscript"] = Field(
         default="onnx", description="torchscript imports torch lazily, and only then"
     )
@@ -92,6 +95,13 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port and port are both {self.port}: gRPC needs a port of its own "
+                             "(0 = off)")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -15,6 +15,9 @@ from pathlib import Path
 # One BLAS/OpenMP thread per test process: the suite runs as 2 xdist workers on 2 cores, and tiny models
 # run many times slower when several processes each spin up a full thread pool. Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# gRPC off unless a test asks for it (tests/service/test_grpc*.py bind free ports): the suite's apps and
+# `python -m service` processes run side by side, and would all claim the default port 8001.
+os.environ.setdefault("LATENTSERVE_GRPC_PORT", "0")
 
 import pytest
 

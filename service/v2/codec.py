@@ -124,15 +124,30 @@ def _why(exc: ValidationError) -> str:
     return f"{where}: {e['msg']}"
 
 
+def input_dtype(name: str, datatype: str) -> np.dtype[Any]:
+    """The numpy dtype of an input's V2 datatype; a CodecError names the ones served."""
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise CodecError(f"input {name!r}: unsupported datatype {datatype[:40]!r} (use one of "
+                         f"{sorted(DATATYPES)})")
+    return dtype
+
+
+def element_count(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
+    """The elements of an input of `shape` (dims already checked non-negative and below 2**31). A count
+    above 0 is bounded by the body the data must fit in; for 0, numpy must still describe the shape, so the
+    other dimensions are bounded here."""
+    count = math.prod(shape)
+    if not count and math.prod(d or 1 for d in shape) * dtype.itemsize >= 2**48:
+        raise CodecError(f"input {name!r}: shape {list(shape)} is too large")
+    return count
+
+
 def _decode_input(t: schemas.InferInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """One input tensor; returns (array, new offset into the binary section)."""
     name, shape, dt_name = t["name"], tuple(t["shape"]), t["datatype"]
-    dtype = DATATYPES.get(dt_name)
-    if dtype is None:
-        raise CodecError(f"input {name!r}: unsupported datatype {dt_name!r} (use one of {sorted(DATATYPES)})")
-    count = math.prod(shape)  # > 0: bounded by the body it must fit; = 0: numpy must still describe the shape
-    if not count and math.prod(d or 1 for d in shape) * dtype.itemsize >= 2**48:
-        raise CodecError(f"input {name!r}: shape {list(shape)} is too large")
+    dtype = input_dtype(name, dt_name)
+    count = element_count(name, shape, dtype)
     size = (t.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -175,7 +190,9 @@ def _from_json(name: str, data: Any, dt_name: str, dtype: np.dtype[Any]) -> np.n
         return written.astype(dtype, copy=False)
 
 
-def _outputs(raw: list[schemas.RequestedOutputIn] | None) -> list[RequestedOutput] | None:
+def requested_outputs(raw: list[schemas.RequestedOutputIn] | None) -> list[RequestedOutput] | None:
+    """The outputs a request selects (None: all of them); the classification and shared-memory extensions
+    are refused."""
     if raw is None:
         return None
     out = []
@@ -218,7 +235,7 @@ def decode_request(body: bytes, header_len: int | None = None) -> InferRequest:
     binary_output = params.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise CodecError("parameters.binary_data_output must be true or false")
-    return InferRequest(inputs=inputs, id=doc.get("id"), outputs=_outputs(doc.get("outputs")),
+    return InferRequest(inputs=inputs, id=doc.get("id"), outputs=requested_outputs(doc.get("outputs")),
                         binary_output=binary_output, parameters=params)
 
 
