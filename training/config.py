@@ -75,6 +75,9 @@ class TrainConfig:
     crops_per_image: int = 8  # crops taken from each image read (decoding a photo costs more than a crop)
     epoch_crops: int | None = None  # crops per epoch; None: crops_per_image from every training image
     workers: int | None = None  # DataLoader workers decoding images; None: 2 for an image folder, else 0
+    # random zoom of the crops, up to a factor 1 + scale_jitter either way (0: none); a photo taken at an
+    # angle shows its surface at several scales (training.data.crops.CropDataset)
+    scale_jitter: float = 0.0
     # --- anomaly maps (fcn backbone): published in the manifest's anomaly.map, anomaly.calibration, spatial
     # top_mean with a fraction is a quantile of the map, so its level carries over from the crop to larger
     # images (max grows with the pixel count); the fraction is of the pixels, at least one
@@ -106,6 +109,8 @@ class TrainConfig:
             raise ConfigError("crops_per_image and min_region_pixels must be >= 1")
         if (self.workers is not None and self.workers < 0) or (self.overlap is not None and self.overlap < 0):
             raise ConfigError("workers and overlap must be >= 0 (or left out)")
+        if not (math.isfinite(self.scale_jitter) and 0.0 <= self.scale_jitter <= 1.0):
+            raise ConfigError(f"scale_jitter must be in [0, 1], got {self.scale_jitter}")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ConfigError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         if not 0.0 < self.pixel_quantile < 1.0:

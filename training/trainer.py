@@ -219,7 +219,7 @@ class Trainer:
         streamed = isinstance(splits.train, FileImages)  # decoding photos runs beside training
         workers = cfg.workers if cfg.workers is not None else (2 if streamed else 0)
         return CropStream(splits, cfg.batch_size, cfg.seed, cfg.crops_per_image, cfg.epoch_crops, workers,
-                          self.ctx.rank, self.ctx.world_size)
+                          self.ctx.rank, self.ctx.world_size, cfg.scale_jitter)
 
     def _batches(self, data: Tensor | CropStream, stage_idx: int, epoch: int) -> Iterator[Tensor]:
         """Seeded shuffling, identical on every rank; each rank takes every world_size-th sample of the

@@ -53,14 +53,14 @@ TEXTURES = ("brick", "grass", "gravel")
 TEXTURE_MODEL = "ae-denoising"
 #: The texture models' trainer settings (configs/fcn-texture.toml's [train], but the data and the name).
 TEXTURE_TRAIN: dict[str, Any] = dict(
-    crop=64, crops_per_image=8, epoch_crops=1024, batch_size=32, epochs=12, patience=4,
+    crop=64, crops_per_image=8, epoch_crops=1024, batch_size=32, epochs=8, patience=4, scale_jitter=0.3,
     split=(0.75, 0.25, 0.0),  # of the 8 tiles of 128x128: 6 to train on, 2 to validate and calibrate on
     seed=0, device="cpu", progress=False, threads=1,
 )
 #: Their model settings (configs/fcn-texture.toml's [model]).
 TEXTURE_MODEL_CFG: dict[str, Any] = dict(
-    backbone="fcn", channels=(16, 32, 32), latent_dim=8, res_blocks=1, norm="batch", anomaly_blur=1.0,
-    corruption="gaussian", noise_level=0.1,
+    backbone="fcn", channels=(16, 32, 32), latent_dim=4, res_blocks=1, norm="batch", anomaly_blur=2.0,
+    corruption="gaussian", noise_level=0.2,
 )
 
 

@@ -72,6 +72,19 @@ def test_a_crop_is_a_window_of_its_image_at_the_seeded_place() -> None:
     np.testing.assert_array_equal(ds[(0, 7)].numpy(), ds[(0, 7)].numpy())  # the seed decides
 
 
+def test_scale_jitter_zooms_each_crop_within_its_range() -> None:
+    """A crop of a linear ramp zoomed by s spans s times the ramp's step across it: the range bounds s."""
+    ramp = np.tile(np.linspace(0, 1, 200, dtype=np.float32), (1, 120, 1))  # (1, 120, 200): 1/199 per pixel
+    images = ArrayImages("ramp", (ramp,), np.zeros(1, np.int64))
+    ds = CropDataset(images, crop=32, per_image=64, scale_jitter=0.3)
+    crops = ds[(0, 1)].numpy()
+    assert crops.shape == (64, 1, 32, 32) and 0 <= crops.min() and crops.max() <= 1
+    np.testing.assert_array_equal(crops, ds[(0, 1)].numpy())
+    zoom = (crops[:, 0, 16, -2] - crops[:, 0, 16, 1]) / (29 / 199)  # the source pixels per output pixel
+    assert zoom.min() > 1 / 1.3 - 0.03 and zoom.max() < 1.3 + 0.03
+    assert zoom.min() < 0.9 and zoom.max() > 1.1  # both ways
+
+
 def test_the_sampler_is_seeded_balanced_and_sharded() -> None:
     s = CropSampler(n_images=5, items=12, seed=3)
     s.set_epoch(0)

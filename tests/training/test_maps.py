@@ -138,15 +138,15 @@ def texture_model(texture: str) -> OrtModel:
 
 
 def paste(x: np.ndarray, kind: str, top: int, left: int) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """x (H, W) with a defect at (top, left): a bright scratch 3 px wide and 32 long, or a dark blob of
-    radius 6. Returns the image and the defect's box."""
+    """x (H, W) with a bright defect at (top, left): a scratch 3 px wide and 32 long, or a blob of radius 6.
+    Returns the image and the defect's box."""
     out = x.copy()
     if kind == "scratch":
         box = (slice(top, top + 3), slice(left, left + 32))
         out[box] = 1.0
     else:
         yy, xx = np.mgrid[0:x.shape[0], 0:x.shape[1]]
-        out[(yy - top - 6) ** 2 + (xx - left - 6) ** 2 <= 36] = 0.0
+        out[(yy - top - 6) ** 2 + (xx - left - 6) ** 2 <= 36] = 1.0
         box = (slice(top, top + 13), slice(left, left + 13))
     return out, box
 

@@ -223,10 +223,14 @@ def windows(images: Images, crop: int, stride: int, limit: int, seed: int) -> Im
 
 
 class CropDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """Item (image index, seed) -> `per_image` random crops of that image, (per_image, C, crop, crop)."""
+    """Item (image index, seed) -> `per_image` random crops of that image, (per_image, C, crop, crop).
 
-    def __init__(self, images: Images, crop: int, per_image: int) -> None:
-        self.images, self.crop, self.per_image = images, crop, per_image
+    With `scale_jitter` j > 0 each crop is a window of crop * s pixels, s log-uniform in [1 / (1 + j), 1 + j]
+    (and no larger than the image), resized to crop x crop (bilinear, antialiased): the same surface seen
+    nearer or farther, as the parts of one photo taken at an angle are."""
+
+    def __init__(self, images: Images, crop: int, per_image: int, scale_jitter: float = 0.0) -> None:
+        self.images, self.crop, self.per_image, self.jitter = images, crop, per_image, scale_jitter
 
     def __len__(self) -> int:
         return len(self.images)
@@ -236,11 +240,24 @@ class CropDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         img = self.images.read(i)  # (C, H, W): decoded here, in the worker
         _, h, w = img.shape
         rng = np.random.default_rng(seed)
-        tops = rng.integers(0, h - self.crop + 1, self.per_image)
-        lefts = rng.integers(0, w - self.crop + 1, self.per_image)
-        c = self.crop
-        crops = [img[:, t:t + c, s:s + c] for t, s in zip(tops, lefts, strict=True)]
-        return torch.from_numpy(np.stack(crops))  # (per_image, C, crop, crop)
+        if self.jitter <= 0:
+            tops = rng.integers(0, h - self.crop + 1, self.per_image)
+            lefts = rng.integers(0, w - self.crop + 1, self.per_image)
+            c = self.crop
+            crops = [img[:, t:t + c, s:s + c] for t, s in zip(tops, lefts, strict=True)]
+            return torch.from_numpy(np.stack(crops))  # (per_image, C, crop, crop)
+        return torch.cat([self._zoomed(img, rng) for _ in range(self.per_image)])
+
+    def _zoomed(self, img: np.ndarray, rng: np.random.Generator) -> Tensor:  # (1, C, crop, crop)
+        _, h, w = img.shape
+        r = math.log1p(self.jitter)
+        side = min(h, w, max(1, round(self.crop * math.exp(rng.uniform(-r, r)))))
+        t, s = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        window = torch.from_numpy(np.ascontiguousarray(img[None, :, t:t + side, s:s + side]))
+        if side == self.crop:
+            return window
+        return torch.nn.functional.interpolate(window, size=(self.crop, self.crop), mode="bilinear",
+                                               align_corners=False, antialias=side > self.crop).clamp(0, 1)
 
 
 class CropSampler(torch.utils.data.Sampler):  # type: ignore[type-arg]
@@ -280,13 +297,14 @@ class CropStream:
     (None: crops_per_image from every training image)."""
 
     def __init__(self, splits: CropSplits, batch_size: int, seed: int, crops_per_image: int = 8,
-                 epoch_crops: int | None = None, workers: int = 0, rank: int = 0, world: int = 1) -> None:
+                 epoch_crops: int | None = None, workers: int = 0, rank: int = 0, world: int = 1,
+                 scale_jitter: float = 0.0) -> None:
         n = len(splits.train)
         items = max(1, math.ceil((epoch_crops or crops_per_image * n) / crops_per_image))
         self.sampler = CropSampler(n, items, seed, rank, world)
         extra: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 2} if workers else {}
         self.loader = torch.utils.data.DataLoader(
-            CropDataset(splits.train, splits.crop, crops_per_image),
+            CropDataset(splits.train, splits.crop, crops_per_image, scale_jitter),
             batch_size=max(1, batch_size // crops_per_image), sampler=self.sampler, num_workers=workers,
             collate_fn=_cat, **extra)
 
