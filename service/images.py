@@ -165,7 +165,8 @@ def _pixels(value: Any, encoded: list[_Encoded] | None, data: DataSpec, limits: 
         _check_count(len(items), limits, what)
     out = ParsedImages(items=[])
     for i, (img, source) in enumerate(items):
-        img, note, fit = _to_model_format(img, data, i, limits, source)
+        size = _upright_size(source) if source != "array" else None
+        img, note, fit = _to_model_format(img, data, i, limits, source, size)
         out.items.append(img)
         out.fits.append(fit)
         if note:
@@ -235,7 +236,9 @@ def _decode(e: _Encoded, data: DataSpec, native: bool = False) -> tuple[np.ndarr
     if mode is None:
         raise InvalidInput(f"model takes {channels}-channel input; send arrays, not PNG/JPEG")
     w, h = im.size
-    source = f"{im.format} {w}x{h} {im.mode}"
+    if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation turns it a quarter: upright, w and h swap
+        w, h = h, w
+    source = f"{im.format} {w}x{h} {im.mode}"  # the image upright, as the client sees it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -288,11 +291,19 @@ def _b64(s: str | bytes, index: int) -> bytes:
         raise InvalidInput(f"image {index} is not valid base64") from exc
 
 
+def _upright_size(source: str) -> tuple[int, int]:
+    """(H, W) of the image as sent, from its description: "PNG 640x480 RGB" -> (480, 640)."""
+    w, h = source.split(" ")[1].split("x")
+    return int(h), int(w)
+
+
 def _to_model_format(
-    img: np.ndarray, data: DataSpec, index: int, limits: ImageLimits, source: str
+    img: np.ndarray, data: DataSpec, index: int, limits: ImageLimits, source: str,
+    size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any] | None, Fit | None]:
     """Convert one (C0, H0, W0) image to the model's channels, and to its (H, W) by letterbox or centre crop
-    (never squashed; a native model keeps the size); report what changed, or refuse when strict."""
+    (never squashed; a native model keeps the size); report what changed, or refuse when strict. `size`:
+    the image's own (H, W) when it was reduced while decoded, so its Fit maps back to that size."""
     c, h, w = data.shape
     c0, h0, w0 = img.shape
     if limits.native:
@@ -321,6 +332,11 @@ def _to_model_format(
     if (h0, w0) != (h, w):
         img, fit = fit_image(img, (h, w), limits.fit, data.value_range)
         note["fit"] = fit.mode
+        if size is not None and size != (h0, w0):  # reduced while decoding: the window, in the image's pixels
+            sy, sx = size[0] / h0, size[1] / w0
+            x0, y0, x1, y1 = fit.window
+            fit = Fit(fit.mode, size, fit.box, (round(x0 * sx), round(y0 * sy),
+                                                min(size[1], round(x1 * sx)), min(size[0], round(y1 * sy))))
     return img.astype(np.float32), note, fit
 
 

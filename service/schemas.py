@@ -182,6 +182,9 @@ class AnomalyOut(BaseModel):
     scale: float
     rule: str
     params: dict[str, Any]
+    map: dict[str, Any] | None = Field(
+        default=None, description="a map score: its reduction, pixel threshold (the mask) and rule")
+    calibrated_fpr: bool = Field(default=False, description="fpr and pixel_fpr can be asked for")
 
 
 class ModelDetailResponse(ModelSummary):
@@ -194,6 +197,9 @@ class ModelDetailResponse(ModelSummary):
     prior: str = Field(description="normal, gaussian or gmm")
     graphs: dict[str, GraphOut]
     anomaly: AnomalyOut | None
+    spatial: dict[str, Any] | None = Field(
+        default=None, description="fully convolutional: any H and W that are multiples of `multiple`, tiled "
+        "above `tile`")
     metrics: dict[str, Any]
 
 

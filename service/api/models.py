@@ -49,7 +49,10 @@ def detail(store: ModelStore, mv: ModelVersion) -> dict[str, Any]:
             "scale": m.anomaly.scale,
             "rule": m.anomaly.rule,
             "params": dict(m.anomaly.params),
+            "map": None if m.anomaly.map is None else m.anomaly.map.model_dump(),
+            "calibrated_fpr": m.anomaly.calibration is not None,
         },
+        "spatial": None if m.spatial is None else m.spatial.model_dump(),
         "metrics": dict(m.metrics),
     }
 

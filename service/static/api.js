@@ -60,7 +60,8 @@ function problemFrom(body, resp) {
 /** fetch() a JSON endpoint; throws ApiError with the problem on any failure. */
 export async function request(path, { method = "GET", body, signal } = {}) {
   const headers = { Accept: "application/json, application/problem+json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const form = typeof FormData !== "undefined" && body instanceof FormData; // multipart: the browser sets the type
+  if (body !== undefined && !form) headers["Content-Type"] = "application/json";
   if (apiKey) {
     headers.Authorization = `Bearer ${apiKey}`;
     headers["X-API-Key"] = apiKey;
@@ -70,7 +71,7 @@ export async function request(path, { method = "GET", body, signal } = {}) {
     resp = await fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined || form ? body : JSON.stringify(body),
       signal,
     });
   } catch (err) {
@@ -223,4 +224,27 @@ export async function anomalyScore(model, images) {
     isAnomaly: flags[i],
     heatmap: heatmaps[i] ?? null,
   }));
+}
+
+/** One photo scored at its own size: a multipart upload (the photo as a PNG file), the maps as PNGs.
+ * Returns {raw, normalised, isAnomaly, thresholds, size, map (PNG base64), mask (PNG base64 or null),
+ * regions: [{box, area, peak, mean}], regionsTotal}. */
+export async function anomalyPhoto(model, blob, { pixelThreshold } = {}) {
+  const form = new FormData();
+  form.append("image", blob, "photo.png");
+  form.append("heatmap", "true");
+  form.append("format", "png");
+  if (pixelThreshold !== undefined && pixelThreshold !== null) form.append("pixel_threshold", String(pixelThreshold));
+  const data = await request(opPath(model, "anomaly-score"), { method: "POST", body: form });
+  return {
+    raw: data.raw[0],
+    normalised: data.normalised[0],
+    isAnomaly: data.is_anomaly[0],
+    thresholds: data.thresholds,
+    size: data.sizes[0],
+    map: data.anomaly_map ? data.anomaly_map[0] : null,
+    mask: data.pred_mask ? data.pred_mask[0] : null,
+    regions: data.regions ? data.regions[0] : [],
+    regionsTotal: data.regions_total ? data.regions_total[0] : 0,
+  };
 }

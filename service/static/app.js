@@ -276,6 +276,7 @@ const NEEDS = {
   "panel-sample": ["sample"],
   "panel-interpolate": ["interpolate"],
   "panel-draw": ["reconstruct", "anomaly-score"],
+  "panel-photo": ["anomaly-score"],
   "panel-denoise": ["denoise"],
   "panel-latent": ["decode"],
 };
@@ -320,6 +321,7 @@ function resetViews() {
   pad.canvas.setAttribute("aria-label", `Drawing pad: draw a digit; it is shrunk to ${w} × ${h} pixels`);
   if (pad.hasInk) scoreDrawing();
   else blankCanvas($("#draw-input"));
+  resetPhoto();
 }
 
 // ---- sample ------------------------------------------------------------------------------------
@@ -558,6 +560,226 @@ async function renderScore(s) {
     $("#draw-legend-max").textContent = fmt(vmax, 3);
     $("#draw-legend").hidden = false;
   }
+}
+
+// ---- photo --------------------------------------------------------------------------------------
+
+const photoPanel = $("#panel-photo");
+const photoCanvas = $("#photo-input");
+const photoSlider = $("#photo-threshold");
+const photo = { loaded: false, pixel: null, defects: 0 };
+
+function photoControls(on) {
+  for (const id of ["photo-scratch", "photo-blob"]) $(`#${id}`).disabled = !on;
+  $("#photo-score").disabled = !on || !has("anomaly-score");
+}
+
+/** Put an image (a File, a Blob or a URL) on the photo canvas at its own size, then score it. */
+async function loadPhoto(source) {
+  const url = typeof source === "string" ? source : URL.createObjectURL(source);
+  const img = new Image();
+  img.decoding = "async";
+  try {
+    await new Promise((resolve, reject) => {
+      img.onload = resolve;
+      img.onerror = () => reject(pageProblem("Not an image", "The browser could not read that file as PNG or JPEG."));
+      img.src = url;
+    });
+  } finally {
+    if (typeof source !== "string") URL.revokeObjectURL(url);
+  }
+  photoCanvas.width = img.naturalWidth;
+  photoCanvas.height = img.naturalHeight;
+  photoCanvas.getContext("2d").drawImage(img, 0, 0);
+  photo.loaded = true;
+  photo.defects = 0;
+  photoControls(true);
+  await scorePhoto();
+}
+
+/** A seeded-looking defect pasted on the photo: a bright scratch, or a dark blob. */
+function pasteDefect(kind) {
+  if (!photo.loaded) return;
+  const ctx = photoCanvas.getContext("2d");
+  const w = photoCanvas.width;
+  const h = photoCanvas.height;
+  photo.defects += 1;
+  const r = (k) => ((Math.sin(photo.defects * 12.9898 + k * 78.233) * 43758.5453) % 1 + 1) % 1; // repeatable
+  if (kind === "scratch") {
+    ctx.strokeStyle = "rgb(250,250,250)";
+    ctx.lineWidth = Math.max(2, Math.round(Math.min(w, h) / 100));
+    ctx.lineCap = "round";
+    ctx.beginPath();
+    const x = w * (0.2 + 0.6 * r(1));
+    const y = h * (0.2 + 0.6 * r(2));
+    ctx.moveTo(x, y);
+    ctx.lineTo(x + w * (0.1 + 0.15 * r(3)), y + h * (0.05 + 0.1 * r(4)));
+    ctx.stroke();
+  } else {
+    ctx.fillStyle = "rgb(15,15,15)";
+    ctx.beginPath();
+    ctx.arc(w * (0.2 + 0.6 * r(5)), h * (0.2 + 0.6 * r(6)), Math.max(4, Math.min(w, h) / 20), 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  scorePhoto();
+}
+
+function canvasBlob(canvas) {
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+/** A base64 PNG's pixels, at its own size or stretched to (w, h). */
+async function decodePng(b64, w, h) {
+  const img = new Image();
+  await new Promise((resolve, reject) => {
+    img.onload = resolve;
+    img.onerror = reject;
+    img.src = `data:image/png;base64,${b64}`;
+  });
+  const c = document.createElement("canvas");
+  c.width = w || img.naturalWidth;
+  c.height = h || img.naturalHeight;
+  const ctx = c.getContext("2d");
+  ctx.drawImage(img, 0, 0, c.width, c.height);
+  return ctx.getImageData(0, 0, c.width, c.height);
+}
+
+/** The photo in grey, the map over it in inferno (transparent where low), the regions boxed in cyan. */
+async function drawOverlay(res) {
+  const out = $("#photo-overlay");
+  out.width = photoCanvas.width;
+  out.height = photoCanvas.height;
+  const ctx = out.getContext("2d");
+  ctx.drawImage(photoCanvas, 0, 0);
+  const base = ctx.getImageData(0, 0, out.width, out.height);
+  if (res.map) {
+    const heat = await decodePng(res.map, out.width, out.height); // grey: 0 to twice the pixel threshold
+    const px = base.data;
+    for (let i = 0; i < px.length; i += 4) {
+      const grey = 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
+      const t = heat.data[i] / 255;
+      const [r, g, b] = inferno(t);
+      const a = 0.15 + 0.7 * t;
+      px[i] = grey * (1 - a) + r * a;
+      px[i + 1] = grey * (1 - a) + g * a;
+      px[i + 2] = grey * (1 - a) + b * a;
+    }
+    ctx.putImageData(base, 0, 0);
+  }
+  ctx.strokeStyle = "rgb(0,255,255)";
+  ctx.lineWidth = Math.max(1, Math.round(Math.min(out.width, out.height) / 200));
+  for (const reg of res.regions) {
+    const [x0, y0, x1, y1] = reg.box;
+    ctx.strokeRect(x0 + 0.5, y0 + 0.5, x1 - x0 - 1, y1 - y0 - 1);
+  }
+  const mask = $("#photo-mask");
+  if (res.mask) {
+    const m = await decodePng(res.mask);
+    mask.width = m.width;
+    mask.height = m.height;
+    mask.getContext("2d").putImageData(m, 0, 0);
+  } else {
+    blankCanvas(mask);
+  }
+}
+
+function renderPhotoVerdict(res) {
+  const anomalous = !!res.isAnomaly;
+  const badge = $("#photo-badge");
+  badge.textContent = anomalous ? "Anomalous" : "Normal";
+  badge.className = `badge ${anomalous ? "anomalous" : "normal"}`;
+  $("#photo-raw").textContent = fmt(res.raw, 4);
+  $("#photo-image-threshold").textContent = `${fmt(res.thresholds.image, 4)} (${res.thresholds.image_source})`;
+  $("#photo-normalised").textContent = fmt(res.normalised, 3);
+  $("#photo-region-count").textContent = res.thresholds.pixel === null ? "no pixel threshold" : String(res.regionsTotal);
+  $("#photo-size").textContent = `${res.size[1]} × ${res.size[0]}`;
+  const body = $("#photo-regions tbody");
+  body.replaceChildren(
+    ...res.regions.slice(0, 20).map((reg, i) => {
+      const tr = document.createElement("tr");
+      for (const v of [i + 1, reg.box.join(", "), reg.area, fmt(reg.peak, 4)]) {
+        const td = document.createElement("td");
+        td.textContent = String(v);
+        tr.append(td);
+      }
+      return tr;
+    }),
+  );
+  $("#photo-verdict").hidden = false;
+}
+
+/** The slider's range: 0 to three times the model's pixel threshold (or the first answer's). */
+function configurePhotoSlider(pixel) {
+  if (pixel === null || pixel === undefined) {
+    photoSlider.disabled = true;
+    $("#photo-threshold-out").textContent = "–";
+    return;
+  }
+  if (photo.pixel === null) {
+    photoSlider.min = "0";
+    photoSlider.max = String(3 * pixel || 1);
+    photoSlider.step = String((3 * pixel || 1) / 300);
+    photoSlider.value = String(pixel);
+    photo.pixel = pixel;
+  }
+  photoSlider.disabled = false;
+  $("#photo-threshold-out").textContent = fmt(Number(photoSlider.value), 3);
+}
+
+const scorePhoto = debounce(() => {
+  if (!state.model || !photo.loaded || !has("anomaly-score")) return;
+  run(photoPanel, async (stale) => {
+    const blob = await canvasBlob(photoCanvas);
+    const asked = photo.pixel === null ? undefined : Number(photoSlider.value);
+    const res = await api.anomalyPhoto(state.model.name, blob, { pixelThreshold: asked });
+    if (stale()) return;
+    configurePhotoSlider(res.thresholds.pixel);
+    await drawOverlay(res);
+    renderPhotoVerdict(res);
+    photoPanel.dataset.scored = String(Number(photoPanel.dataset.scored || 0) + 1);
+  });
+}, 80);
+
+$("#photo-file").addEventListener("change", (e) => {
+  const file = e.target.files && e.target.files[0];
+  if (file) run(photoPanel, () => loadPhoto(file));
+});
+$("#photo-sample").addEventListener("change", (e) => {
+  if (e.target.value) run(photoPanel, () => loadPhoto(`/static/samples/${e.target.value}.png`));
+});
+const drop = $("#photo-drop");
+drop.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  const file = e.dataTransfer && e.dataTransfer.files[0];
+  if (file) run(photoPanel, () => loadPhoto(file));
+});
+drop.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" || e.key === " ") {
+    e.preventDefault();
+    $("#photo-file").click();
+  }
+});
+$("#photo-scratch").addEventListener("click", () => pasteDefect("scratch"));
+$("#photo-blob").addEventListener("click", () => pasteDefect("blob"));
+$("#photo-score").addEventListener("click", () => scorePhoto());
+photoSlider.addEventListener("input", () => {
+  $("#photo-threshold-out").textContent = fmt(Number(photoSlider.value), 3);
+  scorePhoto();
+});
+
+function resetPhoto() {
+  photo.pixel = null; // a new model: its own pixel threshold
+  photoSlider.disabled = true;
+  $("#photo-verdict").hidden = true;
+  for (const id of ["photo-overlay", "photo-mask"]) blankCanvas($(`#${id}`));
+  photoControls(photo.loaded);
+  if (photo.loaded) scorePhoto();
 }
 
 // ---- denoise -----------------------------------------------------------------------------------

@@ -224,3 +224,14 @@ def test_v2_runs_the_graphs_at_any_size(client: TestClient) -> None:
         out = httpclient.InferenceServerClient.parse_response_body(
             r.content, header_length=int(r.headers["Inference-Header-Content-Length"]))
         assert out.as_numpy("z").shape == (1, 1, h // 2, w // 2)
+
+
+def test_a_photo_reduced_while_decoding_still_maps_back_to_its_own_size(client: TestClient) -> None:
+    """A 256x128 photo on an 8x8 model is shrunk 8x while decoded; its map must still be 128x256."""
+    body = ok(client.post(URL.format("tiny-ae"), json={"images": [png(texture(128, 256))], "heatmap": True,
+                                                        "format": "png"}))
+    assert body["sizes"] == [[128, 256]] and decode(body["anomaly_map"][0]).shape == (128, 256)
+    crop = ok(client.post(URL.format("tiny-ae"), json={"images": [png(texture(128, 256))], "heatmap": True,
+                                                        "fit": "crop"}))
+    amap = np.asarray(crop["anomaly_map"][0])
+    assert amap.shape == (128, 256) and not amap[:, :60].any() and amap[:, 70:190].any()  # the centre only
