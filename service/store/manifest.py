@@ -24,7 +24,10 @@ MODEL_NAME_MAX = 64
 GRAPH_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 Family = Literal["ae", "vae", "aae", "wae", "gan"]
-Capability = Literal["encode", "decode", "sample", "interpolate", "reconstruct", "denoise", "anomaly-score"]
+Capability = Literal[
+    "encode", "decode", "sample", "interpolate", "reconstruct", "denoise", "anomaly-score", "restyle",
+]
+#: What every unconditional model with an encoder and a decoder can do ("restyle" needs a label set).
 ALL_CAPABILITIES: tuple[Capability, ...] = (
     "encode", "decode", "sample", "interpolate", "reconstruct", "denoise", "anomaly-score",
 )
@@ -183,6 +186,25 @@ class AnomalySpec(_Strict):
     calibration: Calibration | None = Field(default=None, description="score quantiles on normal images")
 
 
+class LabelSet(_Strict):
+    """A conditional model's classes. `names[i]` is class i. Each graph named in `inputs` takes the label
+    as a second input of that name: one-hot float32 (N, len(names)), so a soft label (a mix of two classes)
+    is a valid input too. `class_priors`, when the family fits them, are one prior per class (by index) that
+    `sample` draws the code (the style) from for that class; else the latent prior serves every class."""
+
+    names: list[str] = Field(min_length=2, description="class names; the position is the class index")
+    inputs: dict[str, str] = Field(description="graph -> the name of its one-hot label input")
+    class_priors: list[Prior] | None = Field(default=None, description="one latent prior per class")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LabelSet:
+        if len(set(self.names)) != len(self.names) or any(not n or len(n) > 64 for n in self.names):
+            raise ValueError("label names must be distinct, non-empty and at most 64 characters")
+        if self.class_priors is not None and len(self.class_priors) != len(self.names):
+            raise ValueError("class_priors needs one prior per label")
+        return self
+
+
 class SpatialSpec(_Strict):
     """A fully convolutional model: each graph runs on any H and W that are multiples of `multiple`, and keeps
     the layout (its latent is (latent_channels, H / multiple, W / multiple)). `data.shape` is the crop it was
@@ -218,6 +240,7 @@ class Manifest(_Strict):
     capabilities: list[Capability]
     anomaly: AnomalySpec | None = None
     spatial: SpatialSpec | None = Field(default=None, description="fully convolutional: runs at any size")
+    labels: LabelSet | None = Field(default=None, description="a conditional model's classes")
     metrics: dict[str, float | int | str] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict, description="config, seed and data split")
 
@@ -258,6 +281,7 @@ class Manifest(_Strict):
             "encode": {"encoder"}, "decode": {"decoder"}, "sample": {"decoder"},
             "interpolate": {"decoder"}, "reconstruct": {"encoder", "decoder"},
             "denoise": {"encoder", "decoder"}, "anomaly-score": {"encoder", "decoder"},
+            "restyle": {"encoder", "decoder"},
         }
         for cap in self.capabilities:
             missing = needs[cap] - set(self.graphs)
@@ -267,6 +291,16 @@ class Manifest(_Strict):
             raise ValueError("capability 'anomaly-score' needs an 'anomaly' section")
         if self.anomaly is not None and self.anomaly.score == "fanogan" and "critic" not in self.graphs:
             raise ValueError("fanogan score needs a 'critic' graph")
+        if "restyle" in self.capabilities and self.labels is None:
+            raise ValueError("capability 'restyle' needs a label set (labels)")
+        if self.labels is not None:
+            k = len(self.labels.names)
+            for gname, input_name in self.labels.inputs.items():
+                g = self.graphs.get(gname)
+                spec = next((t for t in g.inputs if t.name == input_name), None) if g is not None else None
+                if spec is None or spec.shape != [-1, k]:
+                    raise ValueError(f"labels.inputs: graph {gname!r} needs an input {input_name!r} of shape "
+                                     f"[-1, {k}] (one-hot)")
         if self.spatial is not None:
             if {"sample", "interpolate"} & set(self.capabilities):
                 raise ValueError("a fully convolutional model has no prior to sample or interpolate")
