@@ -15,6 +15,7 @@ Every method runs inside one wrapper (`Servicer._rpc`) that does what HTTP's mid
                INTERNAL with no detail; the log has the traceback.
     metrics    the nv_inference_* families count gRPC inferences (they are recorded in Runtime.infer), and
                `latentserve_grpc_request_duration_seconds{method, code}` times every call
+    replica    `x-served-by: <hostname>-<pid>` trailing metadata, as HTTP's X-Served-By header
 
 The message size limit (LATENTSERVE_MAX_BODY_BYTES) is gRPC's own, set on the server (service.grpc.server).
 """
@@ -34,6 +35,7 @@ from prometheus_client import Histogram
 from service.errors import InvalidInput, ModelNotFound, ServiceError, Unauthorized
 from service.grpc import codec, messages
 from service.http.access import KeyRing, is_valid_v2_name, parse_keys
+from service.http.replica import replica_id
 from service.http.table import OFFLOAD_BYTES
 from service.metrics import HTTP_BUCKETS, Metrics
 from service.v2.catalog import GraphMeta
@@ -106,6 +108,7 @@ class Servicer:
         self.api_keys = KeyRing(parse_keys(settings.api_keys))
         self.admin_key = KeyRing(parse_keys(settings.admin_key))
         self.latency = _histogram(app)
+        self.served_by = (("x-served-by", replica_id()),)
 
     # --- the wrapper every method runs in -------------------------------------------------------------
     def _rpc(self, method: str, zone: Zone, fn: Handler) -> Handler:
@@ -118,13 +121,16 @@ class Servicer:
             try:
                 self._authorize(zone, context)
                 async with asyncio.timeout(self.timeout_s):
-                    return await fn(request, context)
+                    response = await fn(request, context)
+                context.set_trailing_metadata(self.served_by)
+                return response
             except ServiceError as exc:
                 code = status_of(exc)
-                await context.abort(code, exc.detail, trailing_metadata=retry_trailers(exc))
+                await context.abort(code, exc.detail, trailing_metadata=retry_trailers(exc) + self.served_by)
             except TimeoutError:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
-                await context.abort(code, f"the request ran past {self.timeout_s:g} s")
+                await context.abort(code, f"the request ran past {self.timeout_s:g} s",
+                                    trailing_metadata=self.served_by)
             except asyncio.CancelledError:  # the client went away, or the server stopped past its grace
                 code = grpc.StatusCode.CANCELLED
                 raise

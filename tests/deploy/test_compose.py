@@ -259,6 +259,27 @@ def test_lb_is_nginx_with_the_repo_config(compose: dict) -> None:
     assert "location = /lb/health" in template
 
 
+def test_grpc_goes_through_the_balancer_to_every_replica(compose: dict) -> None:
+    """The replicas serve gRPC on LATENTSERVE_GRPC_PORT, reachable from lb only; lb publishes it and passes
+    it on with grpc_pass (HTTP/2 cleartext) to an upstream of every replica's gRPC port."""
+    api, lb = compose["services"]["api"], compose["services"]["lb"]
+    api_env, lb_env = _env(api), _env(lb)
+    grpc = api_env["LATENTSERVE_GRPC_PORT"]
+    Settings(port=int(api_env["LATENTSERVE_PORT"]), grpc_port=int(grpc))  # a valid pair: two ports
+    assert grpc in [str(p) for p in api["expose"]] and "ports" not in api
+    assert lb_env["API_GRPC_ADDR"] == f"api:{grpc}"
+    assert f"{lb_env['LB_GRPC_PORT']}:{lb_env['LB_GRPC_PORT']}" in [str(p) for p in lb["ports"]]
+    template = (NGINX_DIR / "nginx.conf.template").read_text()
+    body = "\n".join(line.split("#")[0] for line in template.splitlines())
+    upstream = re.search(r"upstream\s+(\w+)\s*\{[^}]*server\s+\$\{API_GRPC_ADDR\}[^;]*;", body)
+    assert upstream, "an upstream of the replicas' gRPC addresses"
+    server = re.search(r"listen\s+\$\{LB_GRPC_PORT\}\s+http2\s*;(.*?)\n    \}", body, re.S)
+    assert server, "a server block that takes HTTP/2 on LB_GRPC_PORT"
+    assert re.search(rf"grpc_pass\s+grpc://{upstream.group(1)}\s*;", server.group(1))
+    nu = re.search(r"grpc_next_upstream\s+([^;]+);", server.group(1))
+    assert nu and "non_idempotent" not in nu.group(1), "a call that reached a replica must not be replayed"
+
+
 def test_nginx_passive_health_checks_and_idempotent_retries() -> None:
     conf = (NGINX_DIR / "nginx.conf.template").read_text()
     body = "\n".join(line.split("#")[0] for line in conf.splitlines())

@@ -75,12 +75,26 @@ def test_probes_hit_real_open_routes_on_the_served_port(container: dict, tmp_pat
         assert _port(container, probe["httpGet"]["port"]) == served
 
 
-def test_service_targets_the_container_port(docs: list[dict], container: dict) -> None:
+def test_service_targets_the_container_ports(docs: list[dict], container: dict) -> None:
     svc, dep = _one(docs, "Service"), _one(docs, "Deployment")
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
-    [port] = svc["spec"]["ports"]
-    assert _port(container, port["targetPort"]) == int(_env(container)["LATENTSERVE_PORT"]["value"])
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert set(ports) == {"http", "grpc"}
+    env = _env(container)
+    assert _port(container, ports["http"]["targetPort"]) == int(env["LATENTSERVE_PORT"]["value"])
+    assert _port(container, ports["grpc"]["targetPort"]) == int(env["LATENTSERVE_GRPC_PORT"]["value"])
+
+
+def test_grpc_is_served_and_exposed(docs: list[dict], container: dict) -> None:
+    """The gRPC Open Inference Protocol: a container port of its own, the setting that serves it there (a
+    valid one, apart from HTTP's), and a Service port that says it speaks HTTP/2 cleartext."""
+    env = _env(container)
+    grpc_port = int(env["LATENTSERVE_GRPC_PORT"]["value"])
+    assert _port(container, "grpc") == grpc_port != int(env["LATENTSERVE_PORT"]["value"])
+    Settings(port=int(env["LATENTSERVE_PORT"]["value"]), grpc_port=grpc_port)
+    [svc_port] = [p for p in _one(docs, "Service")["spec"]["ports"] if p["name"] == "grpc"]
+    assert svc_port["protocol"] == "TCP" and svc_port["appProtocol"] == "kubernetes.io/h2c"
 
 
 def test_resources_and_non_root(docs: list[dict], container: dict) -> None:

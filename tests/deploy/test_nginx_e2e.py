@@ -1,5 +1,6 @@
 """The compose topology with real processes: `python -m service` replicas behind real nginx, configured by the
-repo's template (deploy/nginx/nginx.conf.template) rendered for loopback ports and a temp prefix."""
+repo's template (deploy/nginx/nginx.conf.template) rendered for loopback ports and a temp prefix. HTTP goes
+through proxy_pass, gRPC (the Open Inference Protocol, tritonclient.grpc) through grpc_pass."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class LB:
     replicas: dict[str, subprocess.Popen]  # X-Served-By value -> process
     prefix: Path
     conf: Path
+    grpc: str = ""  # host:port of nginx's gRPC listener
 
     @property
     def access_log(self) -> str:
@@ -64,25 +66,32 @@ def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LB]:
     publish(store, MODEL, 1)
     pool = Replicas(tmp)
     try:
-        booting = [pool.launch(store, f"r{i}") for i in range(1, REPLICAS + 1)]  # in parallel
+        grpc_ports = [free_port() for _ in range(REPLICAS)]
+        booting = [pool.launch(store, f"r{i}", LATENTSERVE_GRPC_PORT=str(grpc_ports[i - 1]))
+                   for i in range(1, REPLICAS + 1)]  # in parallel
         for proc, url in booting:
             pool.ready(proc, url)
         replicas = {_served_by(url): proc for proc, url in booting}
         assert len(replicas) == REPLICAS, "each replica names itself differently in X-Served-By"
-        with _nginx(tmp / "lb", [url.removeprefix("http://") for _, url in booting]) as (url, prefix, conf):
-            yield LB(url, replicas, prefix, conf)
+        upstreams = [url.removeprefix("http://") for _, url in booting]
+        grpc_upstreams = [f"127.0.0.1:{p}" for p in grpc_ports]
+        with _nginx(tmp / "lb", upstreams, grpc_upstreams) as (url, grpc, prefix, conf):
+            yield LB(url, replicas, prefix, conf, grpc)
     finally:
         pool.close()
 
 
 @contextlib.contextmanager
-def _nginx(prefix: Path, upstreams: list[str]) -> Iterator[tuple[str, Path, Path]]:
-    """nginx in the foreground with the repo's template rendered for `upstreams`; `nginx -t` passes first."""
+def _nginx(prefix: Path, upstreams: list[str],
+           grpc_upstreams: list[str]) -> Iterator[tuple[str, str, Path, Path]]:
+    """nginx in the foreground with the repo's template rendered for `upstreams` (HTTP) and `grpc_upstreams`;
+    `nginx -t` passes first."""
     (prefix / "logs").mkdir(parents=True)
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_render().render({
         "LB_PORT": f"127.0.0.1:{port}", "API_ADDR": upstreams,
+        "LB_GRPC_PORT": f"127.0.0.1:{grpc_port}", "API_GRPC_ADDR": grpc_upstreams,
         "NGINX_STATE_DIR": str(prefix), "NGINX_LOG_DIR": str(prefix / "logs"),
     }))
     test = subprocess.run(_nginx_cmd(prefix, conf, "-t"), capture_output=True, text=True, timeout=30)
@@ -92,14 +101,14 @@ def _nginx(prefix: Path, upstreams: list[str]) -> Iterator[tuple[str, Path, Path
     proc = subprocess.Popen(_nginx_cmd(prefix, conf), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/lb/health", timeout=15, proc=proc)
-        yield f"http://127.0.0.1:{port}", prefix, conf
+        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", prefix, conf
     finally:
         stop(proc)
 
 
 def test_rendered_config_lists_every_replica(lb: LB) -> None:
     conf = lb.conf.read_text()
-    assert conf.count("max_fails=2 fail_timeout=10s;") == len(lb.replicas) == REPLICAS
+    assert conf.count("max_fails=2 fail_timeout=10s;") == 2 * len(lb.replicas) == 2 * REPLICAS  # HTTP, gRPC
     assert "${" not in "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#"))
 
 
@@ -114,6 +123,34 @@ def test_requests_spread_over_all_replicas(lb: LB) -> None:
             seen[r.headers["x-served-by"]] += 1
     assert set(seen) == set(lb.replicas)
     assert min(seen.values()) >= n // REPLICAS // 2, f"round robin splits {n} requests evenly: {dict(seen)}"
+
+
+def test_grpc_calls_spread_over_all_replicas(lb: LB) -> None:
+    """tritonclient.grpc through nginx's grpc_pass: one channel, calls balanced over every replica (the
+    replica names itself in `x-served-by` trailing metadata, as in HTTP's X-Served-By)."""
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (dev extra)")
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    client = grpcclient.InferenceServerClient(lb.grpc)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.get_model_metadata(f"{MODEL}.decoder").name == f"{MODEL}.decoder"
+        i = grpcclient.InferInput("z", [2, 2], "FP32")
+        i.set_data_from_numpy(np.zeros((2, 2), np.float32))
+        assert client.infer(f"{MODEL}.decoder", [i]).as_numpy("x_hat").shape == (2, 1, 8, 8)
+    finally:
+        client.close()
+    seen: Counter[str] = Counter()
+    n = 10 * REPLICAS
+    with grpc.insecure_channel(lb.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(n):
+            request = service_pb2.ModelMetadataRequest(name=f"{MODEL}.decoder")
+            _, call = stub.ModelMetadata.with_call(request, timeout=10)
+            seen[dict(call.trailing_metadata())["x-served-by"]] += 1
+    assert set(seen) == set(lb.replicas), dict(seen)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 from v2kit import free_port, serve
 
 from service.http.drain import mark_draining
+from service.http.replica import replica_id
 from service.settings import Settings
 
 ADMIN, KEY = "grpc-admin-key", "grpc-api-key"
@@ -148,8 +149,9 @@ def test_typed_contents_in_typed_contents_out(server: tuple[str, str, Any], clie
     t.contents.fp32_contents.extend(z.ravel().tolist())
     channel, stub = _stub(server[1])
     with channel:
-        resp = stub.ModelInfer(req, timeout=10)
+        resp, call = stub.ModelInfer.with_call(req, timeout=10)
     assert not resp.raw_output_contents and resp.id == "typed"
+    assert dict(call.trailing_metadata())["x-served-by"] == replica_id()  # as HTTP's X-Served-By
     [out] = resp.outputs
     assert (out.name, out.datatype, list(out.shape)) == ("x_hat", "FP32", [2, 1, 8, 8])
     want = clients[1].infer("tiny-ae.decoder", _inputs(httpclient, {"z": z}), model_version="1")
@@ -238,6 +240,7 @@ def test_unload_over_grpc_is_seen_over_http_and_load_puts_it_back(server: tuple[
             code, detail, trailers = _code(lambda: stub.ModelInfer(r, timeout=10))
         assert code == grpc.StatusCode.UNAVAILABLE and "unloaded" in detail
         assert trailers["retry-after"] == "1" and trailers["grpc-retry-pushback-ms"] == "1000"
+        assert trailers["x-served-by"] == replica_id()
         with pytest.raises(InferenceServerException) as err:  # never from a config, path, URL or files
             g.load_model(name, headers=admin, config='{"backend": "python"}')
         assert "INVALID_ARGUMENT" in _status(err)
