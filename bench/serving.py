@@ -11,6 +11,7 @@ It starts `python -m service` (one uvicorn worker) on loopback over a private st
     (d) POST /v2/models/<m>.decoder/infer       batch 1, binary tensors; MLP and conv decoders
     (e) sample n=1024                           samples/s: /v1 JSON, and V2 binary decode of 1024 prior
                                                 draws, against in-process onnxruntime (server's options)
+    (f) V2 over gRPC beside V2 over HTTP        decoder infer at batch 1 and 64, c = 1 and 16 (`run_v2_grpc`)
 
 Four server configurations run at once, each in its own process:
 
@@ -36,6 +37,7 @@ costs time, is the real one). Both are cached under runs/bench/ between runs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -191,6 +193,8 @@ def server(store: Path, cfg: Config, workdir: Path, pythonpath: tuple[Path, ...]
         "LATENTSERVE_LOG_LEVEL": "warning",
         "LATENTSERVE_MAX_ITEMS": "1024",
         "LATENTSERVE_SHUTDOWN_DRAIN_S": "0",
+        # gRPC only where a scenario asks (run_v2_grpc): servers of several configurations run at once
+        "LATENTSERVE_GRPC_PORT": extra.get("LATENTSERVE_GRPC_PORT", "0"),
         "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(root)]),
     }
     for var in ("LATENTSERVE_INLINE_BELOW_US", "LATENTSERVE_INLINE_ALONE_BELOW_US"):
@@ -477,6 +481,248 @@ def profile(
         by_cat.append(("(worker threads, share of all busy samples)", 1 - loop_total / all_total))
     top_leaf = [(f, c / all_total) for f, c in sorted(leaf.items(), key=lambda kv: -kv[1])[:12]]
     return by_cat, top_leaf
+
+
+# --- (f) V2 over gRPC beside V2 over HTTP --------------------------------------------------------------
+#: wrk speaks no gRPC (and ghz is not available), so both protocols are driven by the same Python load loop
+#: (asyncio on uvloop, requests encoded once beforehand, one latency per request), pinned to its own core, the
+#: server pinned to another: their difference is the protocols', not the load generators'. Each number is
+#: bounded by that loop as well as by the server; the server's CPU per request (from /proc) is not.
+GRPC_BATCHES = (1, 64)
+GRPC_CONCS = (1, 16)
+WRK_ROW = "HTTP, wrk"  # the same HTTP request from wrk (a C client): what the Python loop itself costs HTTP
+
+
+@dataclass(frozen=True)
+class V2Pair:
+    """One V2 decoder call, encoded for both protocols."""
+
+    label: str
+    model: str  # V2 name <model>.decoder
+    rows: int
+    http_body: bytes
+    http_headers: dict[str, str]
+    grpc_body: bytes  # a serialized ModelInferRequest (raw_input_contents)
+    latents: np.ndarray
+
+
+def v2_pairs(store: Path) -> list[V2Pair]:
+    from service.grpc import messages
+
+    out = []
+    for name in (MLP, CONV):
+        dim = manifest(store, name)["latent"]["dim"]
+        tag = "mlp" if name == MLP else "conv"
+        for rows in GRPC_BATCHES:
+            z = np.random.default_rng(rows).standard_normal((rows, dim)).astype(np.float32)
+            body, hdr = v2_binary_body(z)
+            req = messages.ModelInferRequest(model_name=f"{name}.decoder")
+            req.inputs.add(name="z", datatype="FP32", shape=z.shape)
+            req.outputs.add(name="x_hat")
+            req.raw_input_contents.append(z.astype("<f4").tobytes())
+            out.append(V2Pair(f"V2 decoder b={rows} [{tag}]", f"{name}.decoder", rows, body, hdr,
+                              req.SerializeToString(), z))
+    return out
+
+
+def _http_v2_outputs(url: str, pair: V2Pair) -> np.ndarray:
+    req = urllib.request.Request(f"{url}/v2/models/{pair.model}/infer", data=pair.http_body, method="POST",
+                                 headers=pair.http_headers)
+    with urllib.request.urlopen(req, timeout=60) as r:
+        head_len = int(r.headers["Inference-Header-Content-Length"])
+        raw = r.read()
+    head = json.loads(raw[:head_len])
+    [out] = head["outputs"]
+    return np.frombuffer(raw[head_len:], "<f4").reshape(out["shape"])
+
+
+def check_v2_pair(url: str, grpc_addr: str, pair: V2Pair, store: Path) -> None:
+    """Before timing: gRPC's answer equals HTTP's, and both equal onnxruntime in this process."""
+    import grpc
+    import onnxruntime as ort
+
+    from service.grpc import messages
+
+    with grpc.insecure_channel(grpc_addr) as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(pair.grpc_body, timeout=60)
+    resp = messages.ModelInferResponse.FromString(raw)
+    got = np.frombuffer(resp.raw_output_contents[0], "<f4").reshape(tuple(resp.outputs[0].shape))
+    http = _http_v2_outputs(url, pair)
+    name = pair.model.rsplit(".", 1)[0]
+    m = manifest(store, name)
+    sess = ort.InferenceSession(str(store / name / str(m["version"]) / m["graphs"]["decoder"]["file"]),
+                                providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"z": pair.latents})[0]
+    if not (np.array_equal(got, http) and np.allclose(got, want, rtol=1e-5, atol=1e-5)):
+        raise RuntimeError(f"{pair.label}: gRPC, HTTP and onnxruntime disagree")
+
+
+async def _v2_load(spec: dict[str, Any]) -> dict[str, Any]:
+    """The load loop of one run (see GRPC_BATCHES): `conc` clients send the same request back to back."""
+    body = Path(spec["body"]).read_bytes()
+    conc, duration = int(spec["conc"]), float(spec["duration"])
+    lat: list[float] = []
+    errors = 0
+    if spec["protocol"] == "grpc":
+        import grpc
+
+        channel = grpc.aio.insecure_channel(spec["target"], options=[("grpc.max_receive_message_length", -1)])
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        async def send() -> None:
+            await call(body, timeout=10)
+
+        async def close() -> None:
+            await channel.close()
+    else:
+        import aiohttp
+
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc))
+        url, headers = spec["target"], spec["headers"]
+
+        async def send() -> None:
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"HTTP {r.status}")
+
+        async def close() -> None:
+            await session.close()
+
+    warm = 0
+
+    async def worker(until: float, record: bool) -> None:
+        nonlocal errors, warm
+        while (t0 := time.perf_counter()) < until:
+            try:
+                await send()
+            except Exception:  # noqa: BLE001 - counted, as wrk counts errors
+                errors += 1
+                continue
+            if record:
+                lat.append(time.perf_counter() - t0)
+            else:
+                warm += 1
+
+    await asyncio.gather(*(worker(time.perf_counter() + 0.3, False) for _ in range(conc)))  # connections up
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(start + duration, True) for _ in range(conc)))
+    secs = time.perf_counter() - start
+    await close()
+    lat.sort()
+    pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3) if lat else (lambda q: float("nan"))
+    return {"requests": len(lat), "errors": errors, "warm": warm, "seconds": secs, "rps": len(lat) / secs,
+            "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
+
+
+def v2_load(spec: dict[str, Any], pid: int, workdir: Path, cpus: str | None) -> dict[str, Any]:
+    """One load-loop run in a child process (pinned to `cpus`), with the server's CPU per request (over every
+    request the run sent, its warm-up's included)."""
+    spec_file = workdir / "load.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [*(["taskset", "-c", cpus] if cpus else []), sys.executable, str(Path(__file__).resolve()),
+           "--v2-load", str(spec_file)]
+    cpu0 = cpu_seconds(pid)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=spec["duration"] + 60)
+    r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    r["cpu_us"] = (cpu_seconds(pid) - cpu0) / max(r["requests"] + r["errors"] + r["warm"], 1) * 1e6
+    return r
+
+
+def run_v2_grpc(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(f): the default server with gRPC on, V2 decoder calls over both protocols at GRPC_BATCHES x
+    GRPC_CONCS, `args.reps` interleaved runs per point (the protocol order alternates); results and report
+    lines."""
+    pairs = [p for p in v2_pairs(CACHE) if args.only is None or any(o in p.label for o in args.only)]
+    if not pairs:
+        return [], []
+    concs = args.concs or list(GRPC_CONCS)
+    grpc_port = free_port()
+    cores = os.cpu_count() or 1
+    server_cpus, load_cpus = ("0", "1") if cores >= 2 else (None, None)
+    duration = args.duration
+    rows_out: list[dict[str, Any]] = []
+    with server(CACHE, CONFIGS[0], workdir, cpus=server_cpus,
+                env={"LATENTSERVE_GRPC_PORT": str(grpc_port)}) as (url, proc):
+        target = f"127.0.0.1:{grpc_port}"
+        for pair in pairs:
+            check_v2_pair(url, target, pair, CACHE)
+            http_body, grpc_body = workdir / "http.bin", workdir / "grpc.bin"
+            http_body.write_bytes(pair.http_body)
+            grpc_body.write_bytes(pair.grpc_body)
+            specs = {
+                "HTTP": {"protocol": "http", "target": f"{url}/v2/models/{pair.model}/infer",
+                         "headers": pair.http_headers, "body": str(http_body)},
+                "gRPC": {"protocol": "grpc", "target": target, "headers": {}, "body": str(grpc_body)},
+            }
+            wrk_sc = Scenario("f", pair.label, f"/v2/models/{pair.model}/infer", "POST", pair.http_body,
+                              pair.http_headers, rows=pair.rows)
+            for conc in concs:
+                runs: dict[str, list[dict[str, Any]]] = {"HTTP": [], "gRPC": [], WRK_ROW: []}
+                for rep in range(args.reps):
+                    order = ["HTTP", "gRPC"] if rep % 2 == 0 else ["gRPC", "HTTP"]
+                    for proto in order:
+                        spec = {**specs[proto], "conc": conc, "duration": duration}
+                        runs[proto].append(v2_load(spec, proc.pid, workdir, load_cpus))
+                    runs[WRK_ROW].append(wrk(url, wrk_sc, conc, duration, workdir, proc.pid, load_cpus))
+                for proto, rs in runs.items():
+                    med = sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
+                    row = {"scenario": pair.label, "protocol": proto, "c": conc, "rows": pair.rows,
+                           "rps_median": med["rps"], "rps_best": max(r["rps"] for r in rs),
+                           "rps_runs": [r["rps"] for r in rs], "p50_ms": med["p50_ms"],
+                           "p99_ms": med["p99_ms"], "cpu_us": statistics.median(r["cpu_us"] for r in rs),
+                           "errors": sum(r["errors"] for r in rs)}
+                    rows_out.append(row)
+                    log.info("%s %s c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %.0f us CPU/req", pair.label,
+                             proto, conc, row["rps_median"], row["p50_ms"], row["p99_ms"], row["cpu_us"])
+    return rows_out, v2_grpc_markdown(rows_out, args.reps, duration, server_cpus, load_cpus)
+
+
+def v2_grpc_markdown(rows: list[dict[str, Any]], reps: int, duration: float, server_cpus: str | None,
+                     load_cpus: str | None) -> list[str]:
+    pinned = f"server on CPU {server_cpus}, load loop on CPU {load_cpus}" if server_cpus else "not pinned"
+    md = [
+        "## (f) V2 over gRPC beside V2 over HTTP",
+        "",
+        f"`python -m service` with the shipped settings and gRPC on; the decoder's V2 infer with raw tensors "
+        f"(HTTP: the binary tensor extension; gRPC: raw_input_contents). Both protocols are driven by the "
+        f"same "
+        f"Python load loop (asyncio on uvloop, grpc.aio or aiohttp, the request encoded once, each latency "
+        f"recorded; wrk speaks no gRPC and ghz is not installed); {pinned}. {duration:g} s per run, "
+        f"{reps} runs per point, the protocol order alternating; req/s is the median run (best in brackets), "
+        f"p50/p99 from that run. The loop is a Python client: at c=16 it bounds req/s as much as the server "
+        f"does, so read the server's CPU per request (all its threads, from /proc) for what each protocol "
+        f"costs the server. The `{WRK_ROW}` rows send the same HTTP request from wrk (one thread, C), as "
+        f"the other sections do: HTTP with a client that costs next to nothing (no such gRPC client here). "
+        f"Every answer was checked against HTTP's and in-process onnxruntime first.",
+        "",
+        "| scenario | protocol | c | req/s | samples/s | p50 ms | p99 ms | server CPU us/req | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        sps = f"{r['rps_median'] * r['rows']:,.0f}" if r["rows"] > 1 else ""
+        md.append(f"| {r['scenario']} | {r['protocol']} | {r['c']} | {r['rps_median']:,.0f} "
+                  f"({r['rps_best']:,.0f}) | {sps} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                  f"{r['cpu_us']:,.0f} | {r['errors']} |")
+    md += ["", "gRPC / HTTP, same scenario and concurrency, both from the Python loop:", "",
+           "| scenario | c | req/s (median runs) | server CPU per request |", "| --- | --- | --- | --- |"]
+    by = {(r["scenario"], r["c"], r["protocol"]): r for r in rows}
+    for (sc, c, proto), r in by.items():
+        if proto != "gRPC" or (sc, c, "HTTP") not in by:
+            continue
+        h = by[(sc, c, "HTTP")]
+        md.append(f"| {sc} | {c} | {r['rps_median'] / h['rps_median']:.2f} | "
+                  f"{r['cpu_us'] / h['cpu_us']:.2f} |")
+    return md + [""]
+
+
+def write_v2_grpc(path: Path, rows: list[dict[str, Any]], md: list[str], info: dict[str, str]) -> None:
+    """bench/results/serving_grpc.md and .json: (f) on its own (`--v2-grpc-only`)."""
+    head = ["# Serving benchmark: V2 over gRPC beside V2 over HTTP", "",
+            "`python bench/serving.py --v2-grpc-only` (section (f) of `make bench`).", "", "## Machine", ""]
+    head += [f"- {k}: {v}" for k, v in info.items()] + [""]
+    path.write_text("\n".join(head + md))
+    path.with_suffix(".json").write_text(json.dumps({"machine": info, "results": rows}, indent=1))
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -881,10 +1127,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--c1-starts", type=int, default=None,
                    help="extra fresh starts of the default server for (b) at c=1 (default 4, quick 0)")
     p.add_argument("--out", type=Path, default=RESULTS / "serving.md")
+    p.add_argument("--v2-grpc", action=argparse.BooleanOptionalAction, default=True,
+                   help="(f): V2 over gRPC beside V2 over HTTP (default on)")
+    p.add_argument("--v2-grpc-only", action="store_true",
+                   help="run (f) alone and write bench/results/serving_grpc.md (and .json)")
+    p.add_argument("--v2-load", type=Path, default=None, help=argparse.SUPPRESS)  # the load loop's child
     p.add_argument("--boundary", action=argparse.BooleanOptionalAction, default=None,
                    help="also bench/boundary.py (this checkout against the commit before the boundary "
                    "change; default on, off with --quick)")
     args = p.parse_args(argv)
+    if args.v2_load is not None:  # a child of v2_load(): one run of the load loop, its result on stdout
+        import uvloop
+
+        print(json.dumps(uvloop.run(_v2_load(json.loads(args.v2_load.read_text())))))  # noqa: T201
+        return 0
     args.duration = args.duration or (1.0 if args.quick else 2.0)
     args.reps = args.reps or (1 if args.quick else 3)
     if args.c1_starts is None:
@@ -897,6 +1153,15 @@ def main(argv: list[str] | None = None) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     origin = build_store(CACHE)
     info = machine()
+    if args.v2_grpc_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows, md = run_v2_grpc(args, Path(tmp))
+        info["load_avg_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        out = args.out.with_name("serving_grpc.md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_v2_grpc(out, rows, md, info)
+        log.info("wrote %s (%.0f s)", out, time.perf_counter() - t0)
+        return 0
     scs = scenarios(CACHE)
     if args.only is not None:
         scs = [s for s in scs if s.key == "a" or any(o in s.label for o in args.only)]
@@ -923,6 +1188,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         res, lines, profiles = run_all(scs, concs, args, Path(tmp))
         starts = fresh_starts(scs, args, Path(tmp)) if 1 in concs else []
+        grpc_rows, grpc_md = run_v2_grpc(args, Path(tmp)) if args.v2_grpc else ([], [])
     main_pairs = list((res.get(("/v1 sample n=1 [mlp]", "default", 1)) or {}).get("paired_ratios") or [])
     c1_extra = [x for st in starts for x in st["pairs"]]
     info["load_avg_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -939,7 +1205,7 @@ def main(argv: list[str] | None = None) -> int:
         profiles,
         args,
         time.perf_counter() - t0,
-        fresh_starts_table(starts, main_pairs) + boundary_md,
+        fresh_starts_table(starts, main_pairs) + grpc_md + boundary_md,
     )
     args.out.with_suffix(".json").write_text(
         json.dumps(
@@ -947,6 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": info,
                 "inprocess_samples_s": inproc,
                 "c1_fresh_starts": starts,
+                "v2_grpc": grpc_rows,
                 "results": [{"scenario": k[0], "server": k[1], "c": k[2], **v} for k, v in res.items()],
             },
             indent=1,
