@@ -50,6 +50,8 @@ bench-quality: $(VENV)/.dev
 bench-soak: $(VENV)/.dev
 	$(BIN)/python bench/soak.py
 
+bench-peers: $(VENV)/.dev ; $(BIN)/python bench/peers.py
+
 schema: $(VENV)/.dev
 	$(BIN)/python -m service.store.schema --write models_store/README.md
 
