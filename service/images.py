@@ -236,12 +236,12 @@ def _decode(e: _Encoded, data: DataSpec, native: bool = False) -> tuple[np.ndarr
     if mode is None:
         raise InvalidInput(f"model takes {channels}-channel input; send arrays, not PNG/JPEG")
     w, h = im.size
-    if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation turns it a quarter: upright, w and h swap
-        w, h = h, w
-    source = f"{im.format} {w}x{h} {im.mode}"  # the image upright, as the client sees it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF turns it a quarter: upright, w and h swap
+                w, h = h, w
+            source = f"{im.format} {w}x{h} {im.mode}"  # the image upright, as the client sees it
             if not native and im.format == "JPEG" and min(w // tw, h // th) >= 4:
                 im.draft(mode, (2 * tw, 2 * th))  # the decoder scales by 1/2, 1/4 or 1/8, staying >= 2x
             im.load()

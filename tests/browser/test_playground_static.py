@@ -57,7 +57,9 @@ def test_every_referenced_asset_exists_with_its_type(client: TestClient) -> None
 
 
 def test_no_third_party_urls_in_the_page() -> None:
-    for f in STATIC_DIR.iterdir():
+    for f in STATIC_DIR.rglob("*"):
+        if not f.is_file() or f.suffix == ".png":  # the test crops under samples/ are pictures
+            continue
         text = f.read_text()
         urls = re.findall(r"https?://[^\s\"')]+", text)
         assert [u for u in urls if not u.startswith("http://www.w3.org/")] == [], f.name
