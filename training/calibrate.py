@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 #: graph name -> function from one input array to the graph's outputs by name, in output order.
 Runner = Callable[[str, np.ndarray], dict[str, np.ndarray]]
 BATCH = 512
+#: ... and at most this many input elements per batch: crops and photos are larger than digits.
+BATCH_ELEMENTS = 2**20
 #: The median validation score maps to this normalised score (the threshold maps to 0.5).
 MEDIAN_NORMALISED = 0.1
 #: Map models publish their normal scores' quantiles at these probabilities (anomaly.calibration): the
@@ -44,8 +46,9 @@ def torch_runner(model: GenerativeModel) -> Runner:
     def run(name: str, x: np.ndarray) -> dict[str, np.ndarray]:
         graph = graphs[name]
         chunks: list[list[np.ndarray]] = []
-        for i in range(0, len(x), BATCH):
-            out = graph.module(torch.from_numpy(np.ascontiguousarray(x[i:i + BATCH])).to(device))
+        bs = max(1, min(BATCH, BATCH_ELEMENTS // max(1, int(np.prod(x.shape[1:])))))
+        for i in range(0, len(x), bs):
+            out = graph.module(torch.from_numpy(np.ascontiguousarray(x[i:i + bs])).to(device))
             outs = out if isinstance(out, (tuple, list)) else (out,)
             chunks.append([o.float().cpu().numpy() for o in outs])
         arrays = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]

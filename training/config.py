@@ -85,8 +85,8 @@ class TrainConfig:
     top_fraction: float = 0.01
     pixel_quantile: float = 0.999  # pixel threshold = this quantile of map values on validation windows
     min_region_pixels: int = 16  # smaller connected parts of the mask are not regions
-    tile: int | None = None  # the service's tile side for larger images; None: 256 (a multiple of 2**k)
-    overlap: int | None = None  # pixels shared by neighbouring tiles; None: 32 (a multiple of 2**k)
+    tile: int | None = None  # the service's tile side for larger images; None: 256, or 4 overlaps if larger
+    overlap: int | None = None  # pixels shared by neighbouring tiles; None: 8 latent cells (8 * 2**k)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:

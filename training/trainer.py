@@ -45,6 +45,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 #: Keep the dataset on the GPU when it takes less than this share of free memory.
 GPU_DATA_FRACTION = 0.25
+#: Input elements per validation batch, at most: 256 8x8 digits or 28x28 MNIST images alike, but only 85 RGB
+#: 64x64 crops (a batch of photos' activations is what bounds the memory of crop training).
+VAL_ELEMENTS = 2**20
 
 
 # --- distributed context ------------------------------------------------------------------------------
@@ -289,7 +292,8 @@ class Trainer:
         """Mean over the validation set, batched; averaged across ranks so all stop together."""
         self.model.eval()
         total, count = 0.0, 0
-        bs = max(self.cfg.batch_size, 256)
+        per_item = math.prod(val.shape[1:]) if val.ndim > 1 else 1
+        bs = max(1, min(max(self.cfg.batch_size, 256), VAL_ELEMENTS // per_item))
         for i in range(0, len(val), bs):
             x = val[i:i + bs].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
