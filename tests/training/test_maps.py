@@ -179,3 +179,31 @@ def test_a_defect_in_the_held_out_lower_half_is_found_where_it_is(texture: str) 
         inside += box[0].start - 3 <= py < box[0].stop + 3 and box[1].start - 3 <= px < box[1].stop + 3
         detected += score > a.threshold
     assert inside >= 10 and detected >= 10, (inside, detected)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"crop": 0}, "crop must be >= 1"),
+    ({"scale_jitter": 1.5}, "scale_jitter must be in"),
+    ({"top_fraction": 0.0}, "top_fraction must be in"),
+    ({"pixel_quantile": 1.0}, "pixel_quantile must be in"),
+    ({"channels": 2}, "channels must be 1"),
+    ({"workers": -1}, "workers and overlap must be >= 0"),
+])
+def test_crop_and_map_settings_are_checked(fields: dict[str, object], message: str) -> None:
+    from training.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_a_tile_that_does_not_fit_the_model_fails_before_training(
+        photos: Path, tmp_path: Path, tiny_spec, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from training.config import ConfigError
+
+    spec = tiny_spec("ae", tmp_path / "store", tmp_path / "run", data=str(photos), crop=16, tile=90,
+                     split=(0.6, 0.4, 0.0))
+    spec.model.clear()
+    spec.model.update(backbone="fcn", channels=(4, 8), latent_dim=3)
+    monkeypatch.setattr(pipeline.Trainer, "fit", lambda *a: pytest.fail("trained before checking the tile"))
+    with pytest.raises(ConfigError, match="tile 90 and overlap 32 must be multiples of 4"):
+        pipeline.run(spec)
