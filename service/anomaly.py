@@ -4,10 +4,8 @@ thresholds a request may set. Plain functions on numpy arrays and a runner, like
     fixed-size model      the images were fitted into the model's frame (service.images: letterbox or crop,
                           never squashed), scored there in one batch, and each map is brought back to its
                           image's own size (`images.unfit_map`)
-    fully convolutional   each image runs at its own size (`manifest.spatial`): padded to a multiple of
-                          `spatial.multiple` (mirrored), in overlapping tiles when a side exceeds
-                          `spatial.tile`, the tiles' maps blended at the seams with linear ramps, then cropped
-                          back
+    fully convolutional   each image runs at its own size (`manifest.spatial`), in overlapping tiles when a
+                          side exceeds `spatial.tile`, blended at the seams (service.spatial)
 
 The score recipe (which graphs, which score) is service.store.scores.anomaly, the one training calibrates
 with. A model whose manifest has `anomaly.map` scores an image by reducing its map (`scores.reduce_map`); the
@@ -16,12 +14,12 @@ others keep their own image score (an ELBO, an f-AnoGAN score), and their map is
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from service import spatial
 from service.errors import InvalidInput
 from service.images import Fit, unfit_map
 from service.store import scores
@@ -31,7 +29,6 @@ from service.store.repository import ModelVersion
 #: Runs one graph on one input: outputs by name (service.ops builds it over the runtime).
 GraphRunner = Callable[[str, np.ndarray], Awaitable[dict[str, np.ndarray]]]
 MAX_REGIONS = 100  # per image in an answer, the highest peaks first
-TILE_BATCH = 16  # tiles per runtime call: bounds the memory of one call on a large photo
 
 
 @dataclass(frozen=True)
@@ -133,54 +130,15 @@ def finish(raw: float, amap: np.ndarray, spec: AnomalySpec, pixel: float | None)
     return ImageScore(raw, amap, mask, found, total)
 
 
-# --- tiles --------------------------------------------------------------------------------------------------
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Where tiles of `tile` pixels start along a side of `size` (a multiple of the model's), neighbours
-    sharing at least `overlap` pixels; one tile when the side fits."""
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    n = math.ceil((size - tile) / stride) + 1
-    return sorted({min(i * stride, size - tile) for i in range(n)})
-
-
-def _ramp(length: int, overlap: int, first: bool, last: bool) -> np.ndarray:
-    """Blend weights along one side of a tile: rising over `overlap` pixels where a neighbour overlaps."""
-    w = np.ones(length, dtype=np.float32)
-    if overlap > 0:
-        up = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        if not first:
-            w[:overlap] = up
-        if not last:
-            w[-overlap:] = up[::-1]
-    return w
-
-
 async def spatial_map(kind: str, params: dict[str, float | str], img: np.ndarray, sp: SpatialSpec,
                       run: GraphRunner) -> np.ndarray:
-    """The (H, W) map of one (C, H, W) image, at its own size (see the module docstring)."""
-    _, h, w = img.shape
-    m = sp.multiple
-    ph, pw = math.ceil(h / m) * m - h, math.ceil(w / m) * m - w
-    x = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="symmetric") if ph or pw else img
-    hh, ww = x.shape[1:]
-    th, tw = min(sp.tile, hh), min(sp.tile, ww)
-    ys, xs = tile_starts(hh, sp.tile, sp.overlap), tile_starts(ww, sp.tile, sp.overlap)
-    boxes = [(y, x0) for y in ys for x0 in xs]
-    acc = np.zeros((hh, ww), dtype=np.float32)
-    weight = np.zeros((hh, ww), dtype=np.float32)
-    for start in range(0, len(boxes), TILE_BATCH):
-        part = boxes[start:start + TILE_BATCH]
-        batch = np.stack([x[:, y:y + th, x0:x0 + tw] for y, x0 in part])
+    """The (H, W) map of one (C, H, W) image at its own size: the recipe over tiles (service.spatial)."""
+
+    async def maps(batch: np.ndarray) -> np.ndarray:
         _, score_map = await scores.anomaly(kind, params, batch, run)
-        maps = scores.pixel_map(score_map)  # (n, th, tw)
-        for (y, x0), tmap in zip(part, maps, strict=True):
-            wy = _ramp(th, sp.overlap, y == ys[0], y == ys[-1])
-            wx = _ramp(tw, sp.overlap, x0 == xs[0], x0 == xs[-1])
-            wgt = wy[:, None] * wx[None, :]
-            acc[y:y + th, x0:x0 + tw] += tmap * wgt
-            weight[y:y + th, x0:x0 + tw] += wgt
-    return (acc / np.maximum(weight, 1e-12))[:h, :w]
+        return scores.pixel_map(score_map)[:, None]  # (n, 1, th, tw)
+
+    return (await spatial.tiled(img, sp, maps))[0]
 
 
 # --- the whole request --------------------------------------------------------------------------------------

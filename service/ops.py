@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from service import spatial
 from service.errors import CapabilityMissing, InvalidInput
 from service.store import scores
 from service.store.manifest import GaussianPrior, GMMPrior, LatentSpec
@@ -139,14 +140,24 @@ async def _run(
 
 
 def check_latents(mv: ModelVersion, z: np.ndarray, what: str = "latents") -> np.ndarray:
-    """(N, D) float32, finite, D = the model's latent dim."""
-    dim = mv.manifest.latent.dim
+    """(N, D) float32, finite, D = the model's latent dim; a fully convolutional model's codes are spatial,
+    (N, C_z, h, w)."""
     with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: refused below
         z = np.asarray(z, dtype=np.float32)
-    if z.ndim == 1:
-        z = z[None, :]
-    if z.ndim != 2 or z.shape[1] != dim:
-        raise InvalidInput(f"{what} must have shape (N, {dim}) for model {mv.name!r}, got {list(z.shape)}")
+    sp = mv.manifest.spatial
+    if sp is not None:
+        if z.ndim == 3:
+            z = z[None]
+        if z.ndim != 4 or z.shape[1] != sp.latent_channels or 0 in z.shape:
+            raise InvalidInput(f"{what} must have shape (N, {sp.latent_channels}, h, w) for model "
+                               f"{mv.name!r}, got {list(z.shape)}")
+    else:
+        dim = mv.manifest.latent.dim
+        if z.ndim == 1:
+            z = z[None, :]
+        if z.ndim != 2 or z.shape[1] != dim:
+            raise InvalidInput(f"{what} must have shape (N, {dim}) for model {mv.name!r}, "
+                               f"got {list(z.shape)}")
     if not np.isfinite(z).all():
         raise InvalidInput(f"{what} must be finite float32 numbers: no NaN or infinite values, |x| <= 3.4e38")
     return z
@@ -154,8 +165,11 @@ def check_latents(mv: ModelVersion, z: np.ndarray, what: str = "latents") -> np.
 
 # --- operations ---------------------------------------------------------------------------------
 async def encode(rt: Runner, mv: ModelVersion, x: np.ndarray) -> Encoded:
-    """Latent means (and log-variances for VAEs) of images."""
+    """Latent means (and log-variances for VAEs) of images (a fully convolutional model's images mirror-padded
+    to its multiple first: their codes are spatial)."""
     require(mv, "encode")
+    if mv.manifest.spatial is not None:
+        x = np.stack([spatial.pad_to_multiple(img, mv.manifest.spatial.multiple) for img in x])
     outs = await _run(rt, mv, "encoder", x)
     return Encoded(mean=outs[0], logvar=outs[1] if len(outs) > 1 else None)
 
@@ -277,8 +291,16 @@ async def interpolate(
 
 
 async def _autoencode(rt: Runner, mv: ModelVersion, x: np.ndarray) -> np.ndarray:
-    mean = (await _run(rt, mv, "encoder", x))[0]
-    return (await _run(rt, mv, "decoder", mean))[0]
+    """decode(encode(x)); a fully convolutional model's images each at their own size, in tiles."""
+
+    async def through(batch: np.ndarray) -> np.ndarray:
+        mean = (await _run(rt, mv, "encoder", batch))[0]
+        return (await _run(rt, mv, "decoder", mean))[0]
+
+    sp = mv.manifest.spatial
+    if sp is None:
+        return await through(x)
+    return np.stack([await spatial.tiled(img, sp, through) for img in x])
 
 
 async def reconstruct(rt: Runner, mv: ModelVersion, x: np.ndarray) -> Reconstructed:

@@ -7,13 +7,18 @@ response models here document them and tests validate real answers against them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from typing_extensions import TypeAliasType
 
 MAX_STEPS = 256
 
 ImagesValue = list[Any] | str
+#: Numbers, nested to any depth: a flat code, (N, D) codes, or spatial (N, C, h, w) ones. No booleans.
+Numbers = TypeAliasType(  # type: ignore[misc]  # mypy does not follow a recursive TypeAliasType
+    "Numbers", Union[list[StrictFloat | StrictInt], list["Numbers"]],  # type: ignore[misc]  # noqa: UP007
+)
 IMAGES_DESC = (
     "Images: nested arrays (N, C, H, W), (N, H, W) or one (H, W) image with values in the model's range "
     "(usually [0, 1]); or base64 PNG/JPEG strings (a `data:image/png;base64,` prefix is allowed), one per "
@@ -55,8 +60,9 @@ class EncodeRequest(_ImagesIn):
 
 
 class DecodeRequest(_Out):
-    latents: list[list[float]] | list[float] = Field(
-        description="latent codes (N, latent_dim), or one code (latent_dim,)"
+    latents: Numbers = Field(
+        description="latent codes (N, latent_dim), or one code (latent_dim,); a fully convolutional model's "
+        "codes are spatial, (N, C_z, h, w)"
     )
 
 
@@ -204,8 +210,9 @@ class ModelDetailResponse(ModelSummary):
 
 
 class EncodeResponse(_Answer):
-    mean: list[list[float]] = Field(description="(N, latent_dim) latent means")
-    logvar: list[list[float]] | None = Field(description="(N, latent_dim) log-variances (VAEs only)")
+    mean: list[Any] = Field(description="(N, latent_dim) latent means; (N, C_z, h, w) for a fully "
+                            "convolutional model")
+    logvar: list[Any] | None = Field(description="(N, latent_dim) log-variances (VAEs only)")
     converted: list[Conversion]
 
 

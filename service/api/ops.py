@@ -118,6 +118,8 @@ async def decode(call: Call, body: DecodeRequest) -> Response:
     mv = call.model()
     try:
         z = np.asarray(body.latents, dtype=np.float64)  # ops.check_latents makes it float32
+    except OverflowError as exc:
+        raise InvalidInput("latents hold a number beyond the float range") from exc
     except ValueError as exc:
         raise InvalidInput("latents must be a rectangular (N, latent_dim) array of numbers") from exc
     if z.ndim == 2 and len(z) > call.settings.max_items:

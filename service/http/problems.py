@@ -100,12 +100,23 @@ async def send(scope: Scope, send_: Send, exc: ServiceError, close: bool = False
 
 
 # --- translation --------------------------------------------------------------------------------------------
+#: Tags pydantic puts in a location for the member of a union it tried: not the client's field names.
+_UNION_TAGS = frozenset({"float", "int", "str", "bool", "bytes", "none"})
+
+
+def _field(part: Any) -> bool:
+    return not (isinstance(part, str) and ("[" in part or part in _UNION_TAGS))
+
+
 def validation_errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
     """Pydantic's errors, located under `where` ("body", "query", ...), without the echoed input (it can be
-    megabytes of pixels)."""
-    return [{"loc": [where, *(str(p) for p in e.get("loc", ()))], "msg": str(e.get("msg", "")),
-             "type": str(e.get("type", ""))} for e in exc.errors(include_url=False, include_input=False,
-                                                                    include_context=False)[:_MAX_ERRORS]]
+    megabytes of pixels) or union members' tags in the location; the most telling first (a constraint the
+    value broke before the types it was not)."""
+    errors = [{"loc": [where, *(str(p) for p in e.get("loc", ()) if _field(p))], "msg": str(e.get("msg", "")),
+               "type": str(e.get("type", ""))} for e in exc.errors(include_url=False, include_input=False,
+                                                                      include_context=False)]
+    errors.sort(key=lambda e: str(e["type"]).endswith("_type"))  # stable: pydantic's order otherwise
+    return errors[:_MAX_ERRORS]
 
 
 def _encoding_hint(body: bytes) -> str:

@@ -296,8 +296,8 @@ class Manifest(_Strict):
         if self.labels is not None:
             k = len(self.labels.names)
             for gname, input_name in self.labels.inputs.items():
-                g = self.graphs.get(gname)
-                spec = next((t for t in g.inputs if t.name == input_name), None) if g is not None else None
+                graph = self.graphs.get(gname)
+                spec = next((t for t in graph.inputs if t.name == input_name), None) if graph else None
                 if spec is None or spec.shape != [-1, k]:
                     raise ValueError(f"labels.inputs: graph {gname!r} needs an input {input_name!r} of shape "
                                      f"[-1, {k}] (one-hot)")

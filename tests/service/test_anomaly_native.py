@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from storebuilder import build_model, build_spatial_model, run
 
-from service import anomaly
+from service import anomaly, spatial
 from service.app import create_app
 from service.runtime import Runtime
 from service.settings import Settings
@@ -115,7 +115,7 @@ def test_tiles_blend_to_the_whole_image_map_away_from_the_borders(store: Path) -
         mv = st.get(name)
         (res,) = run(anomaly.score_images(mv, [img], [None], ops.graph_runner(rt, mv), th))
         maps[name] = res.map
-    assert anomaly.tile_starts(100, 32, 8) == [0, 24, 48, 68]
+    assert spatial.tile_starts(100, 32, 8) == [0, 24, 48, 68]
     tiled, whole = maps["tex-blur"], maps["tex-big"]
     inner = (slice(4, -4), slice(4, -4))
     np.testing.assert_allclose(tiled[inner], whole[inner], atol=0.02 * whole.max())

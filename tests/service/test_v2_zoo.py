@@ -50,7 +50,9 @@ def zoo_server() -> Iterator[str]:
 
 def _feeds(meta: dict[str, Any], rows: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {t["name"]: rng.random((rows, *t["shape"][1:]), dtype=np.float32) for t in meta["inputs"]}
+    # a fully convolutional graph's height and width are dynamic (-1): 32 is a multiple of its model's
+    return {t["name"]: rng.random((rows, *(d if d > 0 else 32 for d in t["shape"][1:])), dtype=np.float32)
+            for t in meta["inputs"]}
 
 
 def _ort(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

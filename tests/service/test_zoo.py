@@ -53,6 +53,8 @@ def _post(c: TestClient, name: str, op: str, body: dict[str, Any]) -> dict[str, 
 def test_model_answers_every_declared_capability(zoo: TestClient, name: str) -> None:
     info = zoo.get(f"/v1/models/{name}").json()
     caps, (c, h, w), dim = info["capabilities"], info["shape"], info["latent_dim"]
+    sp = info["spatial"]  # a fully convolutional model: spatial codes, maps at each image's size
+    code = (dim,) if sp is None else (sp["latent_channels"], h // sp["multiple"], w // sp["multiple"])
     x = (
         _digits(6)
         if (c, h, w) == (1, 8, 8)
@@ -62,10 +64,10 @@ def test_model_answers_every_declared_capability(zoo: TestClient, name: str) -> 
     n = len(x)
     if "encode" in caps:
         enc = _post(zoo, name, "encode", {"images": images})
-        assert np.asarray(enc["mean"]).shape == (n, dim) and np.isfinite(enc["mean"]).all()
+        assert np.asarray(enc["mean"]).shape == (n, *code) and np.isfinite(enc["mean"]).all()
         assert (enc["logvar"] is not None) == (info["family"] == "vae")
     if "decode" in caps:
-        out = np.asarray(_post(zoo, name, "decode", {"latents": np.zeros((2, dim)).tolist()})["images"])
+        out = np.asarray(_post(zoo, name, "decode", {"latents": np.zeros((2, *code)).tolist()})["images"])
         assert out.shape == (2, c, h, w) and np.isfinite(out).all()
     if "sample" in caps:
         a = _post(zoo, name, "sample", {"n": 4, "seed": 0})
@@ -94,11 +96,12 @@ def test_model_answers_every_declared_capability(zoo: TestClient, name: str) -> 
     if "anomaly-score" in caps:
         an = _post(zoo, name, "anomaly-score", {"images": images, "heatmap": True})
         norm = np.asarray(an["normalised"])
-        assert np.all((norm >= 0) & (norm <= 1)) and np.asarray(an["heatmaps"]).shape == (n, c, h, w)
+        maps = (n, c, h, w) if sp is None else (n, 1, h, w)  # a map model's heatmap is its channel mean
+        assert np.all((norm >= 0) & (norm <= 1)) and np.asarray(an["heatmaps"]).shape == maps
         assert an["is_anomaly"] == [bool(r > an["threshold"]) for r in an["raw"]]
     bodies: dict[str, dict[str, Any]] = {
         "encode": {"images": images},
-        "decode": {"latents": [[0.0] * dim]},
+        "decode": {"latents": np.zeros((1, *code)).tolist()},
         "sample": {"n": 1},
         "interpolate": {"start": [0.0] * dim, "end": [1.0] * dim},
         "reconstruct": {"images": images},
