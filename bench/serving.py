@@ -578,7 +578,8 @@ async def _v2_load(spec: dict[str, Any]) -> dict[str, Any]:
         import aiohttp
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc))
-        url, headers = spec["target"], spec["headers"]
+        # aiohttp asks for gzip by default, and the server would compress (as wrk and tritonclient do not ask)
+        url, headers = spec["target"], {**spec["headers"], "Accept-Encoding": "identity"}
 
         async def send() -> None:
             async with session.post(url, data=body, headers=headers) as r:
@@ -1185,6 +1186,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         starts = 1 if args.quick else 3
         boundary_md += warmup.markdown(warmup.run(starts, Path(tmp)), starts)
+    if not args.quick:
+        import photo  # bench/photo.py: anomaly-score on a 512x512 photo against the same work in process
+
+        with tempfile.TemporaryDirectory() as tmp:
+            boundary_md += photo.markdown(photo.run(5.0, 3, Path(tmp)), 5.0, 3)
     with tempfile.TemporaryDirectory() as tmp:
         res, lines, profiles = run_all(scs, concs, args, Path(tmp))
         starts = fresh_starts(scs, args, Path(tmp)) if 1 in concs else []
