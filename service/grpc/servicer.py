@@ -119,7 +119,7 @@ class Servicer:
             code = grpc.StatusCode.OK
             self.metrics.in_flight += 1
             try:
-                self._authorize(zone, context)
+                self._authorize(method, zone, context)
                 async with asyncio.timeout(self.timeout_s):
                     response = await fn(request, context)
                 context.set_trailing_metadata(self.served_by)
@@ -148,13 +148,16 @@ class Servicer:
         call.__name__ = method
         return call
 
-    def _authorize(self, zone: Zone, context: grpc.aio.ServicerContext) -> None:
+    def _authorize(self, method: str, zone: Zone, context: grpc.aio.ServicerContext) -> None:
         if zone == "open":
             return
         ring = self.admin_key if zone == "admin" else self.api_keys
         if zone == "inference" and not ring:
             return
-        if not ring.accepts(token(context.invocation_metadata(), allow_x_api_key=zone == "inference")):
+        presented = token(context.invocation_metadata(), allow_x_api_key=zone == "inference")
+        if not ring.accepts(presented):
+            log.info("UNAUTHENTICATED for gRPC %s from %s: %s %s key", method, context.peer(),
+                     "wrong" if presented else "missing", "admin" if zone == "admin" else "api")
             which = "admin key (authorization: Bearer <key>)" if zone == "admin" else \
                 "API key (authorization: Bearer <key>, or x-api-key)"
             raise Unauthorized(f"a valid {which} is required in the call's metadata")
