@@ -156,8 +156,8 @@ def test_serving_path_needs_only_the_serve_extra() -> None:
     from packaging.utils import canonicalize_name
 
     used = {canonicalize_name(d) for d in __import__("json").loads(r.stdout.splitlines()[-1])}
-    # grpcio imports grpcio-tools at import time when it is installed (its `grpc.tools` shim), as the dev extra
-    # does; the serving path never uses it, and runs without it (tests/service/test_grpc_wire.py).
+    # grpcio imports grpcio-tools at import time when it is installed (its `grpc.tools` shim), as the dev
+    # extra installs it; the serving path never uses it, and runs without it (test_grpc_wire.py).
     extra = used - _serve_closure() - {"latentserve"} - {"grpcio-tools"}
     assert not extra, f"the serving path imports distributions outside the serve extra: {sorted(extra)}"
 
