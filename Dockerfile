@@ -40,7 +40,8 @@ ENV LATENTSERVE_HOST=0.0.0.0 \
     LATENTSERVE_PORT=8000 \
     LATENTSERVE_STORE=/models_store
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (/v1, V2, metrics); 8001: the V2 gRPC protocol (LATENTSERVE_GRPC_PORT, 0 = off)
+EXPOSE 8000 8001
 # slim has no curl: ask Python. urlopen raises on any non-2xx answer, so 503 (not ready, draining) fails.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('LATENTSERVE_PORT', '8000'), timeout=2)"]

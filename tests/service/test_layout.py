@@ -15,9 +15,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "service"
 #: The domain: runtime, batching, operations, images, errors, metrics, settings. The boundary is service.http,
-#: the protocol adapters service.api and service.v2; the contract service.store.
-DOMAIN = ["errors.py", "ops.py", "runtime.py", "batching.py", "images.py", "metrics.py", "settings.py"]
-WEB = ("fastapi", "starlette", "uvicorn", "service.http", "service.api", "service.v2", "service.app")
+#: the protocol adapters service.api, service.v2 and service.grpc; the contract service.store.
+DOMAIN = ["errors.py", "ops.py", "runtime.py", "batching.py", "images.py", "metrics.py", "settings.py",
+          "anomaly.py", "spatial.py"]
+WEB = ("fastapi", "starlette", "uvicorn", "grpc", "service.http", "service.api", "service.v2", "service.grpc",
+       "service.app")
 
 
 def imports(path: Path) -> set[str]:
