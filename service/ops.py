@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 
-from service import spatial
+from service import labels, spatial
 from service.errors import CapabilityMissing, InvalidInput
 from service.store import scores
-from service.store.manifest import GaussianPrior, GMMPrior, LatentSpec
+from service.store.manifest import GaussianPrior, GMMPrior, LatentSpec, NormalPrior
 from service.store.repository import ModelVersion
 
 Method = Literal["linear", "slerp"]
@@ -44,6 +45,15 @@ class Sampled:
     images: np.ndarray  # (N, C, H, W)
     latents: np.ndarray  # (N, D)
     seed: int
+    labels: np.ndarray | None = None  # (N,) class indices, for a conditional model
+
+
+@dataclass(frozen=True)
+class Restyled:
+    images: np.ndarray  # (M, C, H, W)
+    style: np.ndarray  # (N, D) the codes of the inputs
+    source: np.ndarray  # (M,) which input each image restyles
+    labels: np.ndarray  # (M,) the class each image is drawn as
 
 
 @dataclass(frozen=True)
@@ -117,16 +127,27 @@ def require(mv: ModelVersion, capability: str, why: str = "") -> None:
 
 
 async def _run(
-    rt: Runner, mv: ModelVersion, graph: str, x: np.ndarray, client_latents: bool = False
+    rt: Runner, mv: ModelVersion, graph: str, x: np.ndarray, client_latents: bool = False,
+    y: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """One single-input graph; outputs in the manifest's order.
+    """One graph on x (and, for a conditional model's graph that takes one, the labels y (N, K)); outputs in
+    the manifest's order. A graph that takes no label ignores y; one that needs it and has none is a 422.
 
     With `client_latents` the outputs are checked to be finite: latents a client sends may be finite float32
     far outside the prior (up to 3.4e38), which overflow inside the network, and a NaN would reach the answer
     as a JSON null or an undefined pixel; refused instead. Images are clipped to the model's value range and
     prior draws are bounded (temperature <= 10), so their paths skip the check (~4 us a call)."""
     spec = mv.manifest.graphs[graph]
-    out = await rt.infer(mv, graph, {spec.inputs[0].name: np.ascontiguousarray(x, dtype=np.float32)})
+    ls = mv.manifest.labels
+    label_input = None if ls is None else ls.inputs.get(graph)
+    if label_input is None:
+        feeds = {spec.inputs[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    else:
+        if y is None:
+            raise labels.needed(mv, graph)
+        main = next(t.name for t in spec.inputs if t.name != label_input)
+        feeds = {main: np.ascontiguousarray(x, dtype=np.float32), label_input: y}
+    out = await rt.infer(mv, graph, feeds)
     outs = [out[t.name] for t in spec.outputs]
     if client_latents:
         for t, a in zip(spec.outputs, outs, strict=True):
@@ -164,20 +185,35 @@ def check_latents(mv: ModelVersion, z: np.ndarray, what: str = "latents") -> np.
 
 
 # --- operations ---------------------------------------------------------------------------------
-async def encode(rt: Runner, mv: ModelVersion, x: np.ndarray) -> Encoded:
+def _one_hot(mv: ModelVersion, label: np.ndarray | None, n: int, what: str = "images") -> np.ndarray | None:
+    """One-hot labels (n, K) of class indices: one index serves all n, else one per item."""
+    if label is None:
+        return None
+    if len(label) == 1:
+        label = np.repeat(label, n)
+    elif len(label) != n:
+        raise InvalidInput(f"{len(label)} labels for {n} {what}: give one label, or one per item")
+    return labels.one_hot(mv, label)
+
+
+async def encode(rt: Runner, mv: ModelVersion, x: np.ndarray, label: np.ndarray | None = None) -> Encoded:
     """Latent means (and log-variances for VAEs) of images (a fully convolutional model's images mirror-padded
-    to its multiple first: their codes are spatial)."""
+    to its multiple first: their codes are spatial). A conditional model's code is the style: what is left
+    of the image once its class (label: indices, one or one per image; for an encoder that takes it) is
+    known."""
     require(mv, "encode")
     if mv.manifest.spatial is not None:
         x = np.stack([spatial.pad_to_multiple(img, mv.manifest.spatial.multiple) for img in x])
-    outs = await _run(rt, mv, "encoder", x)
+    outs = await _run(rt, mv, "encoder", x, y=_one_hot(mv, label, len(x)))
     return Encoded(mean=outs[0], logvar=outs[1] if len(outs) > 1 else None)
 
 
-async def decode(rt: Runner, mv: ModelVersion, z: np.ndarray) -> np.ndarray:
-    """Images from latents."""
+async def decode(rt: Runner, mv: ModelVersion, z: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
+    """Images from latents (and, for a conditional model, class indices: one, or one per latent)."""
     require(mv, "decode")
-    return (await _run(rt, mv, "decoder", check_latents(mv, z), client_latents=True))[0]
+    z = check_latents(mv, z)
+    y = _one_hot(mv, label, len(z), "latents")
+    return (await _run(rt, mv, "decoder", z, client_latents=True, y=y))[0]
 
 
 def _sqrt_cov(cov: np.ndarray) -> np.ndarray:
@@ -209,6 +245,52 @@ def _prior_arrays(prior: GaussianPrior | GMMPrior) -> tuple[np.ndarray, np.ndarr
     return arrays
 
 
+def _draw_from(prior: GaussianPrior | GMMPrior | NormalPrior, eps: np.ndarray, u: np.ndarray,
+               temperature: float) -> np.ndarray:
+    """Codes of one prior from standard normal noise eps (M, D) and uniforms u (M,) (the mixture component):
+    the same (eps, u) through each class's prior is "the same style" in every class."""
+    if isinstance(prior, NormalPrior):
+        return temperature * eps
+    p, means, roots = _prior_arrays(prior)
+    comp = np.minimum(np.searchsorted(np.cumsum(p), u, side="right"), len(p) - 1)
+    return means[comp] + temperature * np.einsum("nij,nj->ni", roots[comp], eps)
+
+
+def draw_styles(
+    mv: ModelVersion, n: int, idx: np.ndarray | None, rng: np.random.RandomState, temperature: float = 1.0,
+    shared: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (n, D) float32 and classes (n,) of n images of classes idx (drawn uniformly after the codes'
+    noise when None, so a seed's styles are the same whether the classes are given or drawn). Each code
+    comes from its class's prior when the model has them, else from the latent prior. `shared`: one draw of
+    noise for all n (one style, in every class)."""
+    ls = labels.label_set(mv)
+    latent, k = mv.manifest.latent, len(ls.names)
+    m = 1 if shared else n
+    if ls.class_priors is None:
+        z = draw_prior(latent, m, rng, temperature)
+        idx = rng.randint(k, size=n).astype(np.int64) if idx is None else idx
+        return (np.repeat(z, n, axis=0) if shared else z), idx
+    eps, u = rng.standard_normal((m, latent.dim)), rng.random_sample(m)
+    idx = rng.randint(k, size=n).astype(np.int64) if idx is None else idx
+    if shared:
+        eps, u = np.repeat(eps, n, axis=0), np.repeat(u, n)
+    z = np.empty((n, latent.dim), dtype=np.float64)
+    for c in np.unique(idx):
+        rows = idx == c
+        z[rows] = _draw_from(ls.class_priors[int(c)], eps[rows], u[rows], temperature)
+    return z.astype(np.float32), idx
+
+
+def one_style(mv: ModelVersion, classes: Sequence[int], seed: int | None = None) -> tuple[int, np.ndarray]:
+    """One style (one draw of the code's noise, from `seed`; picked and returned when None) as a code of each
+    of `classes` (len(classes), D): the same code, unless each class has its own prior."""
+    if seed is None:
+        seed = _SEEDS.getrandbits(32)
+    z, _ = draw_styles(mv, len(classes), np.asarray(classes, dtype=np.int64), seeded(seed), shared=True)
+    return seed, z
+
+
 def draw_prior(
     latent: LatentSpec, n: int, rng: np.random.RandomState, temperature: float = 1.0
 ) -> np.ndarray:
@@ -233,9 +315,13 @@ def draw_prior(
 
 
 async def sample(
-    rt: Runner, mv: ModelVersion, n: int, seed: int | None = None, temperature: float = 1.0
+    rt: Runner, mv: ModelVersion, n: int, seed: int | None = None, temperature: float = 1.0,
+    label: np.ndarray | None = None, shared_style: bool = False,
 ) -> Sampled:
-    """n images decoded from prior draws. Same seed, same bytes; without a seed one is picked and returned."""
+    """n images decoded from prior draws. Same seed, same bytes; without a seed one is picked and returned.
+
+    A conditional model draws image i as class label[i] (N,); without labels the classes are drawn too,
+    uniformly, from the same seed. `shared_style`: one style (one draw of the code's noise) for all n."""
     require(mv, "sample")
     if n < 1:
         raise InvalidInput("n must be at least 1")
@@ -243,9 +329,16 @@ async def sample(
         raise InvalidInput("temperature must be a finite number >= 0")
     if seed is None:
         seed = _SEEDS.getrandbits(32)
-    z = draw_prior(mv.manifest.latent, n, seeded(seed), temperature)
-    images = (await _run(rt, mv, "decoder", z))[0]
-    return Sampled(images=images, latents=z, seed=seed)
+    rng = seeded(seed)
+    if mv.manifest.labels is None:
+        if label is not None:
+            labels.label_set(mv)  # raises: not conditional
+        z = draw_prior(mv.manifest.latent, 1 if shared_style else n, rng, temperature)
+        z = np.repeat(z, n, axis=0) if shared_style else z
+        return Sampled(images=(await _run(rt, mv, "decoder", z))[0], latents=z, seed=seed)
+    z, label = draw_styles(mv, n, label, rng, temperature, shared_style)
+    images = (await _run(rt, mv, "decoder", z, y=labels.one_hot(mv, label)))[0]
+    return Sampled(images=images, latents=z, seed=seed, labels=label)
 
 
 def path(a: np.ndarray, b: np.ndarray, steps: int, method: Method) -> tuple[np.ndarray, np.ndarray]:
@@ -276,26 +369,54 @@ async def interpolate(
     end: np.ndarray,
     steps: int = 8,
     method: Method = "linear",
+    between: tuple[int, int] | None = None,
 ) -> Interpolated:
-    """Images along a path between two latents (D,) or two images (C, H, W), encoded to their means first."""
+    """Images along a path between two latents (D,) or two images (C, H, W), encoded to their means first.
+
+    A conditional model's path also goes from class between[0] to class between[1] (the same class twice
+    holds it), its label a mix of the two; an image end is encoded with its end's class. With the same code
+    at both ends, only the class moves: one style, from one class to the other."""
     require(mv, "interpolate")
     ends = []
-    for label, v in (("start", start), ("end", end)):
+    for i, (what, v) in enumerate((("start", start), ("end", end))):
         if v.ndim == 3:  # an image
-            require(mv, "encode", f" (needed to interpolate from an image {label})")
-            v = (await encode(rt, mv, v[None])).mean[0]
-        ends.append(check_latents(mv, v, label)[0])
+            require(mv, "encode", f" (needed to interpolate from an image {what})")
+            v = (await encode(rt, mv, v[None], None if between is None else np.array([between[i]]))).mean[0]
+        ends.append(check_latents(mv, v, what)[0])
     z, t = path(ends[0], ends[1], steps, method)
-    images = (await _run(rt, mv, "decoder", z, client_latents=True))[0]
+    y = None if between is None else labels.mix(mv, between[0], between[1], t)
+    images = (await _run(rt, mv, "decoder", z, client_latents=True, y=y))[0]
     return Interpolated(images=images, latents=z, t=t)
 
 
-async def _autoencode(rt: Runner, mv: ModelVersion, x: np.ndarray) -> np.ndarray:
-    """decode(encode(x)); a fully convolutional model's images each at their own size, in tiles."""
+async def restyle(
+    rt: Runner, mv: ModelVersion, x: np.ndarray, target: np.ndarray | None = None,
+    source: np.ndarray | None = None,
+) -> Restyled:
+    """Each image's style (its code, encoded with its own class `source` (N,) when the encoder takes one)
+    decoded as class target[i]; without targets, as every class (image-major): the analogies of Kingma et
+    al. 2014, "Semi-supervised learning with deep generative models", section 5.2."""
+    require(mv, "restyle")
+    k = len(labels.label_set(mv).names)
+    style = (await encode(rt, mv, x, source)).mean
+    n = len(x)
+    if target is None:
+        src, target = np.repeat(np.arange(n), k), np.tile(np.arange(k), n)
+    else:
+        src, target = np.arange(n), np.broadcast_to(target, (n,)) if len(target) == 1 else target
+    images = (await _run(rt, mv, "decoder", style[src], y=_one_hot(mv, target, len(src))))[0]
+    return Restyled(images=images, style=style, source=src, labels=target)
+
+
+async def _autoencode(rt: Runner, mv: ModelVersion, x: np.ndarray, label: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """decode(encode(x)) (with class indices, one or one per image, for a conditional model); a fully
+    convolutional model's images each at their own size, in tiles."""
+    y = _one_hot(mv, label, len(x))
 
     async def through(batch: np.ndarray) -> np.ndarray:
-        mean = (await _run(rt, mv, "encoder", batch))[0]
-        return (await _run(rt, mv, "decoder", mean))[0]
+        mean = (await _run(rt, mv, "encoder", batch, y=y))[0]
+        return (await _run(rt, mv, "decoder", mean, y=y))[0]
 
     sp = mv.manifest.spatial
     if sp is None:
@@ -303,10 +424,11 @@ async def _autoencode(rt: Runner, mv: ModelVersion, x: np.ndarray) -> np.ndarray
     return np.stack([await spatial.tiled(img, sp, through) for img in x])
 
 
-async def reconstruct(rt: Runner, mv: ModelVersion, x: np.ndarray) -> Reconstructed:
-    """decode(encode(x)) and the per-image mean squared error."""
+async def reconstruct(rt: Runner, mv: ModelVersion, x: np.ndarray, label: np.ndarray | None = None
+                      ) -> Reconstructed:
+    """decode(encode(x)) and the per-image mean squared error (a conditional model's with its classes)."""
     require(mv, "reconstruct")
-    x_hat = await _autoencode(rt, mv, x)
+    x_hat = await _autoencode(rt, mv, x, label)
     mse = np.square(x - x_hat, dtype=np.float32).reshape(len(x), -1).mean(axis=1)
     return Reconstructed(images=x_hat, mse=mse)
 
@@ -327,11 +449,12 @@ def corrupt(x: np.ndarray, noise: NoiseSpec, value_range: tuple[float, float] = 
     return np.clip(noisy, lo, hi).astype(np.float32)
 
 
-async def denoise(rt: Runner, mv: ModelVersion, x: np.ndarray, noise: NoiseSpec | None = None) -> Denoised:
+async def denoise(rt: Runner, mv: ModelVersion, x: np.ndarray, noise: NoiseSpec | None = None,
+                  label: np.ndarray | None = None) -> Denoised:
     """Clean estimates decode(encode(x)); with `noise`, x is corrupted here first and returned as `noisy`."""
     require(mv, "denoise")
     noisy = corrupt(x, noise, mv.manifest.data.value_range) if noise is not None else None
-    clean = await _autoencode(rt, mv, noisy if noisy is not None else x)
+    clean = await _autoencode(rt, mv, noisy if noisy is not None else x, label)
     return Denoised(images=clean, noisy=noisy)
 
 

@@ -94,19 +94,30 @@ def warm_up(mv: ModelVersion, sessions: dict[str, GraphSession]) -> dict[str, fl
     that cannot run its own signature refuses the version."""
     graphs = mv.manifest.graphs
     image = np.zeros((1, *mv.manifest.data.shape), dtype=np.float32)
+    ls = mv.manifest.labels
+
+    def feeds_of(gname: str, main: np.ndarray) -> dict[str, np.ndarray]:
+        """`main` as the graph's data input; a conditional graph's label input one-hot class 0."""
+        label = None if ls is None else ls.inputs.get(gname)
+        data = [t for t in graphs[gname].inputs if t.name != label]
+        feeds = {data[0].name: main} | {t.name: _feed(t, {}) for t in data[1:]}
+        if ls is not None and label is not None:
+            feeds[label] = np.eye(1, len(ls.names), dtype=np.float32)
+        return feeds
+
     code = None
     took: dict[str, float] = {}
     for gname, sess in sessions.items():
         spec = graphs[gname]
         if gname in ("encoder", "critic"):
-            feeds = {spec.inputs[0].name: image}
+            feeds = feeds_of(gname, image)
         elif gname == "decoder" and code is not None:
-            feeds = {spec.inputs[0].name: code}
+            feeds = feeds_of(gname, code)
         else:
             feeds = {t.name: _feed(t, {}) for t in spec.inputs}
         if gname == "decoder" and code is None and "encoder" in graphs and "encoder" in sessions:
-            code = sessions["encoder"].run({graphs["encoder"].inputs[0].name: image})[0]
-            feeds = {spec.inputs[0].name: code}
+            code = sessions["encoder"].run(feeds_of("encoder", image))[0]
+            feeds = feeds_of(gname, code)
         try:
             out = sess.run(feeds)
             start = time.perf_counter()

@@ -42,6 +42,15 @@ FIT_DESC = (
 )
 
 
+#: A class of a conditional model: its name or its index; or a list of them, one per image.
+Label = StrictInt | str
+LabelsValue = Label | list[Label]
+LABEL_DESC = (
+    "a conditional model's class: its name (`\"7\"`) or index (`7`), or a list of them, one per image; an "
+    "unknown label is a 422 that lists the labels (GET /v1/models/{name} has them too)"
+)
+
+
 class _ImagesIn(_Request):
     images: ImagesValue = Field(description=IMAGES_DESC)
     strict: bool = Field(
@@ -55,11 +64,16 @@ class _Out(_Request):
 
 
 # --- requests -----------------------------------------------------------------------------------
-class EncodeRequest(_ImagesIn):
-    """Images to encode."""
+class _LabelIn(_Request):
+    label: LabelsValue | None = Field(
+        default=None, description=LABEL_DESC + "; needed where the model's graphs take the label")
 
 
-class DecodeRequest(_Out):
+class EncodeRequest(_ImagesIn, _LabelIn):
+    """Images to encode. A conditional model's code is the style: what is left once the label is known."""
+
+
+class DecodeRequest(_Out, _LabelIn):
     latents: Numbers = Field(
         description="latent codes (N, latent_dim), or one code (latent_dim,); a fully convolutional model's "
         "codes are spatial, (N, C_z, h, w)"
@@ -77,21 +91,45 @@ class SampleRequest(_Out):
     temperature: float = Field(
         default=1.0, ge=0.0, le=10.0, description="scales the deviation from the prior mean"
     )
+    label: LabelsValue | None = Field(
+        default=None, description=LABEL_DESC + ". One label: n images of it; a list: one image per label (n "
+        "defaults to its length). Omitted: the classes are drawn too, uniformly")
+    shared_style: bool = Field(
+        default=False, description="one style for all n images: with a list of labels, the same style drawn "
+        "as each class")
 
 
 class InterpolateRequest(_Out):
-    start: ImagesValue = Field(
-        description="a latent (latent_dim,), or one image: (H, W) or (1, C, H, W) array, or a base64 PNG/JPEG"
-    )
-    end: ImagesValue = Field(description="same kinds as `start`")
+    start: ImagesValue | None = Field(
+        default=None,
+        description="a latent (latent_dim,), or one image: (H, W) or (1, C, H, W) array, or a base64 "
+        "PNG/JPEG; may be omitted with a `label` pair (one style, drawn with `seed`, at both ends)")
+    end: ImagesValue | None = Field(default=None, description="same kinds as `start`")
     steps: int = Field(default=8, ge=2, le=MAX_STEPS, description="points on the path, endpoints included")
     method: Literal["linear", "slerp"] = Field(default="linear", description="straight line or great circle")
     strict: bool = Field(default=False, description="refuse images that would need converting")
     fit: FitMode = Field(default="letterbox", description=FIT_DESC)
+    label: Label | list[Label] | None = Field(
+        default=None, description="a conditional model's class along the path: one label holds it, a pair "
+        "[from, to] moves from one class to the other (the label a mix of the two)")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="with a label pair and no start or end: the seed of "
+        "the style drawn for both ends (omitted: the server picks one and returns it)")
 
 
-class ReconstructRequest(_ImagesIn, _Out):
+class ReconstructRequest(_ImagesIn, _Out, _LabelIn):
     """Images to pass through encoder and decoder."""
+
+
+class RestyleRequest(_ImagesIn, _Out):
+    """Images to draw as other classes, each in its own style (a conditional model's `restyle`)."""
+
+    label: LabelsValue | None = Field(
+        default=None, description="the class to draw each image as: " + LABEL_DESC + ". Omitted: every "
+        "class, image by image (PNG grid: one row per image, the image first)")
+    source_label: LabelsValue | None = Field(
+        default=None, description="each image's own class, for a model whose encoder takes the label (a "
+        "conditional VAE); one for all or one per image")
 
 
 class NoiseIn(_Request):
@@ -102,7 +140,7 @@ class NoiseIn(_Request):
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="same seed, same corruption")
 
 
-class DenoiseRequest(_ImagesIn, _Out):
+class DenoiseRequest(_ImagesIn, _Out, _LabelIn):
     noise: NoiseIn | None = Field(
         default=None, description="corrupt the images here first; the response then carries the noisy inputs"
     )
@@ -159,6 +197,8 @@ class ModelSummary(BaseModel):
     shape: list[int] = Field(description="[C, H, W] of the images the model takes and makes")
     latent_dim: int
     capabilities: list[str]
+    labels: list[str] | None = Field(
+        default=None, description="a conditional model's classes, by index: what `label` may name")
 
 
 class StoreProblemOut(BaseModel):
@@ -206,6 +246,9 @@ class ModelDetailResponse(ModelSummary):
     spatial: dict[str, Any] | None = Field(
         default=None, description="fully convolutional: any H and W that are multiples of `multiple`, tiled "
         "above `tile`")
+    conditioning: dict[str, Any] | None = Field(
+        default=None, description="a conditional model's label inputs (graph -> input, one-hot float32 "
+        "(N, K)) and the kind of each class's prior (None: the latent prior serves every class)")
     metrics: dict[str, Any]
 
 
@@ -223,12 +266,23 @@ class DecodeResponse(_ImagesOut):
 class SampleResponse(_ImagesOut):
     seed: int = Field(description="the seed used; send it back to get the same images")
     latents: list[list[float]]
+    labels: list[str] | None = Field(default=None, description="a conditional model's class of each image")
 
 
 class InterpolateResponse(_ImagesOut):
     method: str
     t: list[float] = Field(description="position of each step on the path, 0 to 1")
     latents: list[list[float]]
+    converted: list[Conversion]
+    labels: list[str] | None = Field(
+        default=None, description="a conditional model's classes at the start and the end of the path")
+    seed: int | None = Field(default=None, description="the seed of the style drawn for a label pair")
+
+
+class RestyleResponse(_ImagesOut):
+    labels: list[str] = Field(description="the class each image is drawn as")
+    source: list[int] = Field(description="the input each image restyles (its index)")
+    style: list[list[float]] = Field(description="(N, latent_dim) the inputs' codes: their styles")
     converted: list[Conversion]
 
 

@@ -24,6 +24,7 @@ def summary(store: ModelStore, mv: ModelVersion) -> dict[str, Any]:
         "shape": list(m.data.shape),
         "latent_dim": m.latent.dim,
         "capabilities": list(m.capabilities),
+        "labels": None if m.labels is None else list(m.labels.names),
     }
 
 
@@ -53,6 +54,11 @@ def detail(store: ModelStore, mv: ModelVersion) -> dict[str, Any]:
             "calibrated_fpr": m.anomaly.calibration is not None,
         },
         "spatial": None if m.spatial is None else m.spatial.model_dump(),
+        "conditioning": None if m.labels is None else {
+            "inputs": dict(m.labels.inputs),
+            "class_priors": None if m.labels.class_priors is None
+            else [p.kind for p in m.labels.class_priors],
+        },
         "metrics": dict(m.metrics),
     }
 

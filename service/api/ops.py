@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from service import anomaly, ops
+from service import anomaly, labels, ops
 from service.errors import InvalidInput, PayloadTooLarge
 from service.http.table import Call
 from service.images import (
@@ -35,6 +35,7 @@ from service.schemas import (
     EncodeRequest,
     InterpolateRequest,
     ReconstructRequest,
+    RestyleRequest,
     SampleRequest,
 )
 from service.store import scores
@@ -58,6 +59,11 @@ async def images_of(call: Call, value: Any, mv: ModelVersion, body: Any, what: s
     limits = ImageLimits(s.max_items, s.max_image_pixels, body.strict, s.max_request_pixels, body.fit,
                          native=mv.manifest.spatial is not None)
     return await read_images(value, mv.manifest.data, limits, what)
+
+
+def label_of(mv: ModelVersion, value: Any, n: int | None = None, what: str = "label") -> np.ndarray | None:
+    """Class indices of a request's label field (None when it has none); with n, one label or n of them."""
+    return None if value is None else labels.indices(mv, value, n, what)
 
 
 def encode_images(images: np.ndarray, fmt: str, mv: ModelVersion) -> Any:
@@ -109,7 +115,7 @@ async def encode(call: Call, body: EncodeRequest) -> Response:
     """Encode images to latent means (and log-variances for VAEs)."""
     mv = call.model()
     x = await images_of(call, body.images, mv, body)
-    res = await ops.encode(call.runtime, mv, x.array)
+    res = await ops.encode(call.runtime, mv, x.array, label_of(mv, body.label, len(x.array)))
     return json_answer(mv, mean=res.mean, logvar=res.logvar, converted=x.converted)
 
 
@@ -124,35 +130,80 @@ async def decode(call: Call, body: DecodeRequest) -> Response:
         raise InvalidInput("latents must be a rectangular (N, latent_dim) array of numbers") from exc
     if z.ndim == 2 and len(z) > call.settings.max_items:
         raise PayloadTooLarge(f"{len(z)} latents in one request; the limit is {call.settings.max_items}")
-    images = await ops.decode(call.runtime, mv, z)
+    images = await ops.decode(call.runtime, mv, z, label_of(mv, body.label))
     return images_answer(call, mv, images, body.format)
 
 
 async def sample(call: Call, body: SampleRequest) -> Response:
-    """Draw n images from the model's prior; the same seed gives the same bytes."""
+    """Draw n images from the model's prior; the same seed gives the same bytes. A conditional model draws
+    the classes asked for: `{"n": 16, "label": 7}` is sixteen 7s."""
     mv = call.model()
-    if body.n > call.settings.max_items:
-        raise PayloadTooLarge(f"n={body.n} is above the limit of {call.settings.max_items} items per request")
-    res = await ops.sample(call.runtime, mv, body.n, body.seed, body.temperature)
-    return images_answer(call, mv, res.images, body.format, seed=res.seed, latents=res.latents)
+    n = body.n
+    if isinstance(body.label, list) and "n" not in body.model_fields_set:
+        n = len(body.label)
+    if n > call.settings.max_items:
+        raise PayloadTooLarge(f"n={n} is above the limit of {call.settings.max_items} items per request")
+    res = await ops.sample(call.runtime, mv, n, body.seed, body.temperature, label_of(mv, body.label, n),
+                           body.shared_style)
+    names = None if res.labels is None else labels.names(mv, res.labels)
+    return images_answer(call, mv, res.images, body.format, seed=res.seed, latents=res.latents, labels=names)
 
 
 async def interpolate(call: Call, body: InterpolateRequest) -> Response:
-    """Images along a linear or spherical path between two latents or two images."""
+    """Images along a linear or spherical path between two latents or two images; a conditional model's
+    path holds one class, or moves between two (`label: [from, to]`), at a fixed style without ends."""
     mv = call.model()
-    a, conv_a = await endpoint(call, body.start, mv, body, "start")
-    b, conv_b = await endpoint(call, body.end, mv, body, "end")
-    res = await ops.interpolate(call.runtime, mv, a, b, body.steps, body.method)
+    between, seed = _between(mv, body.label), None
+    if body.start is None or body.end is None:
+        if body.start is not None or body.end is not None or between is None or between[0] == between[1]:
+            raise InvalidInput("give both start and end (latents or images); only a path between two labels "
+                               "(label: [from, to]) may omit both, for one style drawn with `seed`")
+        seed, codes = ops.one_style(mv, between, body.seed)
+        a, b = codes[0], codes[1]
+        conv_a: list[dict[str, Any]] = []
+        conv_b: list[dict[str, Any]] = []
+    else:
+        a, conv_a = await endpoint(call, body.start, mv, body, "start")
+        b, conv_b = await endpoint(call, body.end, mv, body, "end")
+    res = await ops.interpolate(call.runtime, mv, a, b, body.steps, body.method, between)
     columns = call.query.columns if isinstance(call.query, GridQuery) else None
     return images_answer(call, mv, res.images, body.format, columns=columns or body.steps,
-                         method=body.method, t=res.t, latents=res.latents, converted=conv_a + conv_b)
+                         method=body.method, t=res.t, latents=res.latents, converted=conv_a + conv_b,
+                         labels=None if between is None else labels.names(mv, np.array(between)), seed=seed)
+
+
+def _between(mv: ModelVersion, value: Any) -> tuple[int, int] | None:
+    """A path's classes: one label holds it, a pair moves from the first to the second."""
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) != 2:
+        raise InvalidInput(f"label must be one label or a pair [from, to], got a list of {len(value)}")
+    idx = labels.indices(mv, value)
+    return int(idx[0]), int(idx[-1])
+
+
+async def restyle(call: Call, body: RestyleRequest) -> Response:
+    """Each image in its own style, drawn as another class (or as every class). PNG grid: one row per image,
+    the image first."""
+    mv = call.model()
+    ops.require(mv, "restyle")
+    x = await images_of(call, body.images, mv, body)
+    n = len(x.array)
+    res = await ops.restyle(call.runtime, mv, x.array, label_of(mv, body.label, n),
+                            label_of(mv, body.source_label, n, "source_label"))
+    per_row = len(res.images) // n
+    grid = np.concatenate([np.concatenate([x.array[i:i + 1], res.images[i * per_row:(i + 1) * per_row]])
+                           for i in range(n)])
+    return images_answer(call, mv, res.images, body.format, grid, columns=per_row + 1,
+                         labels=labels.names(mv, res.labels), source=res.source, style=res.style,
+                         converted=x.converted)
 
 
 async def reconstruct(call: Call, body: ReconstructRequest) -> Response:
     """Reconstruct images through the autoencoder, with the per-image error. PNG grid: inputs over outputs."""
     mv = call.model()
     x = await images_of(call, body.images, mv, body)
-    res = await ops.reconstruct(call.runtime, mv, x.array)
+    res = await ops.reconstruct(call.runtime, mv, x.array, label_of(mv, body.label, len(x.array)))
     return images_answer(call, mv, res.images, body.format, np.concatenate([x.array, res.images]),
                          columns=len(x.array), mse=res.mse, converted=x.converted)
 
@@ -162,7 +213,7 @@ async def denoise(call: Call, body: DenoiseRequest) -> Response:
     mv = call.model()
     x = await images_of(call, body.images, mv, body)
     noise = None if body.noise is None else ops.NoiseSpec(body.noise.kind, body.noise.level, body.noise.seed)
-    res = await ops.denoise(call.runtime, mv, x.array, noise)
+    res = await ops.denoise(call.runtime, mv, x.array, noise, label_of(mv, body.label, len(x.array)))
     shown = x.array if res.noisy is None else res.noisy
     noisy = None if res.noisy is None else encode_images(res.noisy, body.format, mv)
     return images_answer(call, mv, res.images, body.format, np.concatenate([shown, res.images]),

@@ -28,6 +28,7 @@ _V1 = (
     ("reconstruct",    v1.ReconstructRequest,    ops.reconstruct,   v1.ReconstructResponse,   True,  True),
     ("denoise",        v1.DenoiseRequest,        ops.denoise,       v1.DenoiseResponse,       True,  True),
     ("anomaly-score",  v1.AnomalyScoreRequest,   ops.anomaly_score, v1.AnomalyScoreResponse,  True,  True),
+    ("restyle",        v1.RestyleRequest,        ops.restyle,       v1.RestyleResponse,       True,  True),
 )
 
 #: The /v1 operations, by name (the 404 for an unknown one lists them).

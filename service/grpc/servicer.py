@@ -201,8 +201,10 @@ class Servicer:
         return messages.ServerMetadataResponse(**self.dp.server_metadata())
 
     async def model_metadata(self, request: Any, context: Any) -> Any:
-        return messages.ModelMetadataResponse(
-            **self.dp.model_metadata(check_name(request.name), request.version or None))
+        doc = self.dp.model_metadata(check_name(request.name), request.version or None)
+        for t in doc["inputs"]:  # gRPC's TensorMetadata has no parameters: ModelConfig's carry the label set
+            t.pop("parameters", None)
+        return messages.ModelMetadataResponse(**doc)
 
     async def model_config(self, request: Any, context: Any) -> Any:
         cfg = self.dp.model_config(check_name(request.name), request.version or None)

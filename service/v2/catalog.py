@@ -10,8 +10,9 @@ Nothing is ever loaded from a path or URL named in a request.
 
 from __future__ import annotations
 
+import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service.errors import ModelNotFound
@@ -28,9 +29,13 @@ class TensorMeta:
     name: str
     datatype: str  # V2 name, e.g. "FP32"
     shape: tuple[int, ...]  # -1 for dynamic dimensions
+    parameters: tuple[tuple[str, str], ...] = ()  # a conditional graph's label input: ("labels", JSON list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        if self.parameters:
+            out["parameters"] = dict(self.parameters)
+        return out
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,16 @@ def _from_ort(args: Any) -> tuple[TensorMeta, ...]:
 
 def _from_spec(specs: list[TensorSpec]) -> tuple[TensorMeta, ...]:
     return tuple(TensorMeta(t.name, "FP32", _dims(t.shape)) for t in specs)
+
+
+def label_parameters(mv: ModelVersion, graph: str) -> dict[str, str]:
+    """A conditional graph's label set, as V2 parameters (strings): `labels`, the class names by index as a
+    JSON list, and `label_input`, the one-hot float32 (N, K) input that takes them. Empty for other graphs."""
+    ls = mv.manifest.labels
+    name = None if ls is None else ls.inputs.get(graph)
+    if ls is None or name is None:
+        return {}
+    return {"labels": json.dumps(ls.names, ensure_ascii=False), "label_input": name}
 
 
 class Catalog:
@@ -96,6 +111,11 @@ class Catalog:
         else:
             spec = mv.manifest.graphs[graph]
             meta = GraphMeta(_from_spec(spec.inputs), _from_spec(spec.outputs))
+        params = label_parameters(mv, graph)
+        if params:  # the label input's metadata names the label set
+            named = (("labels", params["labels"]),)
+            meta = GraphMeta(tuple(replace(t, parameters=named) if t.name == params["label_input"] else t
+                                   for t in meta.inputs), meta.outputs)
         self._meta[key] = (served, meta)
         return meta
 

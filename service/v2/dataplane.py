@@ -34,7 +34,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 from service.store.repository import ModelStore, ModelVersion
 from service.v2 import codec
-from service.v2.catalog import PLATFORM, Catalog, GraphMeta
+from service.v2.catalog import PLATFORM, Catalog, GraphMeta, label_parameters
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,9 @@ class DataPlane:
         cfg: dict[str, Any] = {"name": name, "platform": PLATFORM, "backend": "onnxruntime",
                                "max_batch_size": settings.max_batch_size, "input": tensors(meta.inputs),
                                "output": tensors(meta.outputs)}
+        params = label_parameters(target.mv, target.graph)
+        if params:
+            cfg["parameters"] = {k: {"string_value": v} for k, v in params.items()}
         if settings.batching:
             cfg["dynamic_batching"] = {"max_queue_delay_microseconds": settings.max_queue_delay_us,
                                        "default_queue_policy": {"max_queue_size": settings.queue_size}}

@@ -339,3 +339,99 @@ def build_spatial_model(root: Path, name: str, version: int = 1, *, channels: in
     )
     (vdir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     return vdir
+
+
+@dataclass(frozen=True)
+class CondWeights:
+    """A conditional model's linear maps: x_hat = sigmoid(z @ dec_w + y @ dec_y + dec_b); the encoder's
+    code enc = flat @ enc_w + y @ enc_y + enc_b (enc_y unused when the encoder takes no label)."""
+
+    enc_w: np.ndarray  # (P, D)
+    enc_y: np.ndarray  # (K, D)
+    enc_b: np.ndarray  # (D,)
+    dec_w: np.ndarray  # (D, P)
+    dec_y: np.ndarray  # (K, P)
+    dec_b: np.ndarray  # (P,)
+
+    def decode(self, z: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        pre = z.astype(np.float64) @ self.dec_w + y @ self.dec_y + self.dec_b
+        return (1 / (1 + np.exp(-pre))).reshape(len(z), *shape)
+
+    def encode(self, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        z = x.reshape(len(x), -1).astype(np.float64) @ self.enc_w + self.enc_b
+        return z if y is None else z + y @ self.enc_y
+
+
+def build_conditional_model(
+    root: Path, name: str, version: int = 1, *, names: tuple[str, ...] = ("a", "b", "c", "7"),
+    encoder_label: bool = True, class_priors: bool = False, shape: tuple[int, int, int] = (1, 8, 8),
+    dim: int = 3, seed: int = 0,
+) -> tuple[Path, CondWeights]:
+    """A conditional model of linear maps (see CondWeights): with `encoder_label` the encoder takes the label
+    too (a conditional VAE), else only the decoder does (a supervised AAE). `class_priors`: class k's prior
+    is a Gaussian centred at (3k, ..., 3k), so a draw tells its class."""
+    from service.store.manifest import LabelSet
+
+    vdir = version_dir(root, name, version)
+    vdir.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    p, k = int(np.prod(shape)), len(names)
+    f32 = np.float32
+    w = CondWeights(
+        enc_w=(rng.standard_normal((p, dim)) / np.sqrt(p)).astype(f32),
+        enc_y=rng.standard_normal((k, dim)).astype(f32),
+        enc_b=(0.1 * rng.standard_normal(dim)).astype(f32),
+        dec_w=(rng.standard_normal((dim, p)) / np.sqrt(dim)).astype(f32),
+        dec_y=(2.0 * rng.standard_normal((k, p))).astype(f32),
+        dec_b=(0.1 * rng.standard_normal(p)).astype(f32),
+    )
+    enc_nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+                 helper.make_node("Gemm", ["flat", "W", "b"], ["zx"])]
+    enc_inputs = [_image_input("x", shape)]
+    enc_inits = [numpy_helper.from_array(w.enc_w, "W"), numpy_helper.from_array(w.enc_b, "b")]
+    if encoder_label:
+        enc_nodes += [helper.make_node("MatMul", ["y", "Wy"], ["zy"]),
+                      helper.make_node("Add", ["zx", "zy"], ["z"])]
+        enc_inputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", k]))
+        enc_inits.append(numpy_helper.from_array(w.enc_y, "Wy"))
+    else:
+        enc_nodes.append(helper.make_node("Identity", ["zx"], ["z"]))
+    z_out = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", dim])]
+    enc = helper.make_graph(enc_nodes, "encoder", enc_inputs, z_out, enc_inits)
+    dec = helper.make_graph(
+        [helper.make_node("Gemm", ["z", "W", "b"], ["pz"]), helper.make_node("MatMul", ["y", "Wy"], ["py"]),
+         helper.make_node("Add", ["pz", "py"], ["pre"]), helper.make_node("Sigmoid", ["pre"], ["flat"]),
+         helper.make_node("Reshape", ["flat", "shape"], ["x_hat"])],
+        "decoder",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", dim]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", k])],
+        [helper.make_tensor_value_info("x_hat", TensorProto.FLOAT, ["batch", *shape])],
+        [numpy_helper.from_array(w.dec_w, "W"), numpy_helper.from_array(w.dec_b, "b"),
+         numpy_helper.from_array(w.dec_y, "Wy"),
+         numpy_helper.from_array(np.array([-1, *shape], dtype=np.int64), "shape")])
+    _save(enc, vdir / "encoder.onnx")
+    _save(dec, vdir / "decoder.onnx")
+    label_in = [TensorSpec(name="y", shape=[-1, k])]
+    graphs = {
+        "encoder": GraphSpec(file="encoder.onnx", inputs=[TensorSpec(name="x", shape=[-1, *shape])]
+                             + (label_in if encoder_label else []),
+                             outputs=[TensorSpec(name="z", shape=[-1, dim])]),
+        "decoder": GraphSpec(file="decoder.onnx", inputs=[TensorSpec(name="z", shape=[-1, dim]), *label_in],
+                             outputs=[TensorSpec(name="x_hat", shape=[-1, *shape])]),
+    }
+    priors = None
+    if class_priors:
+        priors = [GaussianPrior(mean=[3.0 * c] * dim, cov=(0.01 * np.eye(dim)).tolist()) for c in range(k)]
+    manifest = Manifest(
+        name=name, version=version, family="vae" if encoder_label else "aae",
+        variant="conditional" if encoder_label else "supervised", created_at=datetime.now(UTC),
+        code_version="test", data=DataSpec(dataset="synthetic", shape=shape, preprocessing="none"),
+        latent=LatentSpec(dim=dim, prior=NormalPrior()), graphs=graphs,
+        files={g.file: sha256_file(vdir / g.file) for g in graphs.values()},
+        capabilities=["encode", "decode", "sample", "interpolate", "reconstruct", "restyle"],
+        labels=LabelSet(names=list(names), class_priors=priors,
+                        inputs={"decoder": "y"} | ({"encoder": "y"} if encoder_label else {})),
+        metrics={"val_loss": 0.1}, training={"seed": seed},
+    )
+    (vdir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return vdir, w

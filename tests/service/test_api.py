@@ -437,7 +437,7 @@ def test_an_unknown_operation_lists_the_operations(client: TestClient, path: str
     for r in (client.post(path, json={}), client.get(path)):
         p = problem(r, 404)
         assert p["operations"] == ["encode", "decode", "sample", "interpolate", "reconstruct", "denoise",
-                                   "anomaly-score"]
+                                   "anomaly-score", "restyle"]
         assert "no operation" in p["detail"] and "anomaly-score" in p["detail"]
 
 
