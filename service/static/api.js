@@ -129,6 +129,7 @@ function normaliseModel(m) {
     metrics: m.metrics || {},
     anomaly: m.anomaly || null,
     dataset: pick(m, "dataset") || data.dataset || "",
+    labels: Array.isArray(m.labels) ? m.labels : null, // a conditional model's classes, by index
     raw: m,
   };
 }
@@ -139,12 +140,21 @@ function imagesOf(data, ...keys) {
   return Array.isArray(v) ? v : [];
 }
 
-export async function sample(model, { n, seed, temperature }) {
-  const data = await request(opPath(model, "sample"), {
-    method: "POST",
-    body: { n, seed, temperature, format: "png" },
-  });
-  return { images: imagesOf(data, "images", "samples"), latents: pick(data, "latents", "z") || null };
+/** A conditional model's label fields, only when set (an unconditional model refuses any label). */
+function withLabel(body, label, key = "label") {
+  return label === undefined || label === null ? body : { ...body, [key]: label };
+}
+
+/** n samples; a conditional model's `label` is one class or one per image, `sharedStyle` one style for all. */
+export async function sample(model, { n, seed, temperature, label, sharedStyle }) {
+  const body = withLabel({ n, seed, temperature, format: "png" }, label);
+  if (sharedStyle) body.shared_style = true;
+  const data = await request(opPath(model, "sample"), { method: "POST", body });
+  return {
+    images: imagesOf(data, "images", "samples"),
+    latents: pick(data, "latents", "z") || null,
+    labels: pick(data, "labels") || null,
+  };
 }
 
 /**
@@ -156,31 +166,31 @@ function endpointBody(ep) {
   return typeof ep.image === "string" ? ep.image : [ep.image];
 }
 
-export async function interpolate(model, { start, end, steps, method }) {
+export async function interpolate(model, { start, end, steps, method, label }) {
   const data = await request(opPath(model, "interpolate"), {
     method: "POST",
-    body: { start: endpointBody(start), end: endpointBody(end), steps, method, format: "png" },
+    body: withLabel({ start: endpointBody(start), end: endpointBody(end), steps, method, format: "png" }, label),
   });
   return { images: imagesOf(data, "images", "frames"), latents: pick(data, "latents") || null };
 }
 
-export async function encode(model, images) {
-  const data = await request(opPath(model, "encode"), { method: "POST", body: { images } });
+export async function encode(model, images, label) {
+  const data = await request(opPath(model, "encode"), { method: "POST", body: withLabel({ images }, label) });
   return { latents: pick(data, "latents", "mean", "mu") || [], logvar: pick(data, "logvar", "log_var") || null };
 }
 
-export async function decode(model, latents) {
+export async function decode(model, latents, label) {
   const data = await request(opPath(model, "decode"), {
     method: "POST",
-    body: { latents, format: "png" },
+    body: withLabel({ latents, format: "png" }, label),
   });
   return { images: imagesOf(data, "images") };
 }
 
-export async function reconstruct(model, images) {
+export async function reconstruct(model, images, label) {
   const data = await request(opPath(model, "reconstruct"), {
     method: "POST",
-    body: { images, format: "png" },
+    body: withLabel({ images, format: "png" }, label),
   });
   return {
     images: imagesOf(data, "images", "reconstructions"),
@@ -188,12 +198,22 @@ export async function reconstruct(model, images) {
   };
 }
 
-export async function denoise(model, images, noise) {
+export async function denoise(model, images, noise, label) {
   const data = await request(opPath(model, "denoise"), {
     method: "POST",
-    body: { images, noise, format: "png" },
+    body: withLabel({ images, noise, format: "png" }, label),
   });
   return { images: imagesOf(data, "images", "denoised"), noisy: imagesOf(data, "noisy", "noisy_images") };
+}
+
+/** Each image, in its own style, drawn as every class: {images (image-major), labels}. A conditional VAE's
+ * encoder needs the image's own class, `sourceLabel`. */
+export async function restyle(model, images, sourceLabel) {
+  const data = await request(opPath(model, "restyle"), {
+    method: "POST",
+    body: withLabel({ images, format: "png" }, sourceLabel, "source_label"),
+  });
+  return { images: imagesOf(data, "images"), labels: pick(data, "labels") || [] };
 }
 
 /** Anomaly scores as a list of {raw, normalised, threshold, isAnomaly, heatmap}. */

@@ -87,6 +87,28 @@ async function run(panel, action) {
   }
 }
 
+/** A conditional model's classes (null for any other model). */
+function classes() {
+  return state.model?.labels || null;
+}
+
+/** The class picked in the Sample view: undefined for "any class" and for unconditional models. */
+function pickedClass() {
+  return classes() ? $("#sample-label").value || undefined : undefined;
+}
+
+/** The class an operation on a given image or code uses: the item's own, else the picked one, else the
+ * first class; undefined for unconditional models (which take no label). */
+function classFor(item) {
+  if (!classes()) return undefined;
+  return item?.cls ?? pickedClass() ?? classes()[0];
+}
+
+/** True when the model's encoder takes the label too (a conditional VAE); a supervised AAE's does not. */
+function encoderTakesLabel() {
+  return !!state.model?.raw?.conditioning?.inputs?.encoder;
+}
+
 function has(cap) {
   return !!state.model && state.model.capabilities.includes(cap);
 }
@@ -239,7 +261,7 @@ function renderModelInfo() {
   $("#model-threshold").textContent = m.anomaly ? `${fmt(m.anomaly.threshold)} (${m.anomaly.score || "score"})` : "–";
   const caps = $("#model-caps");
   caps.replaceChildren(
-    ...["encode", "decode", "sample", "interpolate", "reconstruct", "denoise", "anomaly-score"].map((c) => {
+    ...["encode", "decode", "sample", "interpolate", "reconstruct", "denoise", "anomaly-score", "restyle"].map((c) => {
       const li = document.createElement("li");
       const yes = m.capabilities.includes(c);
       li.className = yes ? "chip on" : "chip off";
@@ -308,6 +330,7 @@ function resetViews() {
   state.latent = { base: null, range: [], estimated: false };
   $("#sample-grid").replaceChildren();
   $("#sample-actions").hidden = true;
+  configureClasses();
   $("#interp-strip").replaceChildren();
   for (const slot of ["start", "end"]) setSlot(slot, null);
   for (const id of ["denoise-clean", "denoise-noisy", "denoise-result", "draw-recon", "draw-heatmap", "latent-image"]) {
@@ -340,20 +363,73 @@ $("#sample-form").addEventListener("submit", (e) => {
   doSample();
 });
 
+function configureClasses() {
+  const names = classes();
+  const select = $("#sample-label");
+  const kept = select.value;
+  select.replaceChildren(
+    Object.assign(document.createElement("option"), { value: "", textContent: "any class" }),
+    ...(names || []).map((n) => Object.assign(document.createElement("option"), { value: n, textContent: n })),
+  );
+  select.value = names && names.includes(kept) ? kept : "";
+  $("#sample-label-field").hidden = !names;
+  $("#sample-every").hidden = !names;
+  $("#class-grid").hidden = true;
+  $("#class-grid").replaceChildren();
+  $("#draw-restyle").hidden = !has("restyle");
+  $("#draw-restyle-strip").replaceChildren();
+}
+
+$("#sample-label").addEventListener("change", () => has("sample") && doSample());
+$("#sample-every").addEventListener("click", () => doEveryClass());
+
+/** Every class side by side: one column per class, one row per style (each row one request with the
+ * same style drawn as each class, seeds seed, seed + 1, ...). */
+function doEveryClass() {
+  const names = classes();
+  if (!names) return undefined;
+  const n = Math.max(1, intValue($("#sample-n"), 16));
+  const rows = Math.min(8, Math.max(1, Math.ceil(n / names.length)));
+  const seed = intValue($("#sample-seed"), 0);
+  const temperature = Number(temp.value);
+  return run(samplePanel, async (stale) => {
+    const answers = await Promise.all(
+      Array.from({ length: rows }, (_, r) =>
+        api.sample(state.model.name, { label: names, sharedStyle: true, seed: seed + r, temperature }),
+      ),
+    );
+    const pics = await Promise.all(answers.map((a) => pictures(a.images)));
+    if (stale()) return;
+    const grid = $("#class-grid");
+    grid.style.setProperty("--cols", String(names.length));
+    grid.setAttribute("aria-label", `Every class (columns ${names.join(", ")}), one style per row`);
+    grid.replaceChildren(
+      ...names.map((name) => Object.assign(document.createElement("div"), { className: "head", textContent: name })),
+      ...pics.flatMap((row, r) => row.map((pic, k) => pictureCanvas(pic, `class ${names[k]}, style ${seed + r}`))),
+    );
+    grid.hidden = false;
+    $("#sample-grid").replaceChildren();
+    $("#sample-actions").hidden = true;
+    state.samples = [];
+  });
+}
+
 function doSample() {
   const n = Math.max(1, intValue($("#sample-n"), 16)); // the server enforces its own limit
   const seed = intValue($("#sample-seed"), 0);
   const temperature = Number(temp.value);
   return run(samplePanel, async (stale) => {
-    const res = await api.sample(state.model.name, { n, seed, temperature });
+    const res = await api.sample(state.model.name, { n, seed, temperature, label: pickedClass() });
     const pics = await pictures(res.images);
     if (stale()) return;
     state.samples = pics.map((pic, i) => ({
       pic,
       image: res.images[i],
       latent: res.latents ? res.latents[i] : null,
-      label: `sample ${i + 1} (seed ${seed})`,
+      cls: res.labels ? res.labels[i] : undefined,
+      label: `sample ${i + 1} (seed ${seed}${res.labels ? `, class ${res.labels[i]}` : ""})`,
     }));
+    $("#class-grid").hidden = true;
     renderSamples();
     if (!state.slots.start && state.samples.length > 1) {
       setSlot("start", state.samples[0]);
@@ -438,7 +514,7 @@ $("#interp-random").addEventListener("click", () => randomPair());
 function randomPair() {
   const seed = intValue($("#interp-pair-seed"), 0);
   return run(interpPanel, async (stale) => {
-    const res = await api.sample(state.model.name, { n: 2, seed, temperature: Number(temp.value) });
+    const res = await api.sample(state.model.name, { n: 2, seed, temperature: Number(temp.value), label: pickedClass() });
     const pics = await pictures(res.images);
     if (stale()) return;
     pics.forEach((pic, i) =>
@@ -446,7 +522,8 @@ function randomPair() {
         pic,
         image: res.images[i],
         latent: res.latents ? res.latents[i] : null,
-        label: `pair seed ${seed}, #${i + 1}`,
+        cls: res.labels ? res.labels[i] : undefined,
+        label: `pair seed ${seed}, #${i + 1}${res.labels ? ` (class ${res.labels[i]})` : ""}`,
       }),
     );
   });
@@ -467,7 +544,9 @@ function doInterpolate() {
   return run(interpPanel, async (stale) => {
     const { start, end } = state.slots;
     if (!start || !end) throw pageProblem("Pick both ends", "Choose a start and an end image first.");
-    const res = await api.interpolate(state.model.name, { start: payload(start), end: payload(end), steps: n, method });
+    // A conditional model's path also moves from the start's class to the end's.
+    const label = classes() ? [classFor(start), classFor(end)] : undefined;
+    const res = await api.interpolate(state.model.name, { start: payload(start), end: payload(end), steps: n, method, label });
     const pics = await pictures(res.images);
     if (stale()) return;
     $("#interp-strip").replaceChildren(
@@ -501,7 +580,7 @@ $("#draw-score").addEventListener("click", () => scoreDrawing());
 $("#draw-sample").addEventListener("click", () =>
   run(drawPanel, async (stale) => {
     const seed = Math.floor(Math.random() * 1e6);
-    const res = await api.sample(state.model.name, { n: 1, seed, temperature: 1 });
+    const res = await api.sample(state.model.name, { n: 1, seed, temperature: 1, label: pickedClass() });
     const [pic] = await pictures(res.images);
     if (stale()) return;
     pad.load(pic);
@@ -516,11 +595,19 @@ const scoreDrawing = debounce(() => {
   paint($("#draw-input"), pic);
   run(drawPanel, async (stale) => {
     const image = toArray(pic);
-    const [recon, scores] = await Promise.all([
-      has("reconstruct") ? api.reconstruct(state.model.name, [image]) : null,
+    const [recon, scores, restyled] = await Promise.all([
+      has("reconstruct") ? api.reconstruct(state.model.name, [image], classFor()) : null,
       has("anomaly-score") ? api.anomalyScore(state.model.name, [image]) : null,
+      has("restyle") ? api.restyle(state.model.name, [image], encoderTakesLabel() ? classFor() : undefined) : null,
     ]);
     if (stale()) return;
+    if (restyled) {
+      const pics = await pictures(restyled.images);
+      if (stale()) return;
+      $("#draw-restyle-strip").replaceChildren(
+        ...pics.map((pic, k) => figure(pic, `The drawing as class ${restyled.labels[k]}`, restyled.labels[k])),
+      );
+    }
     if (recon) {
       const [rpic] = await pictures(recon.images.slice(0, 1));
       paint($("#draw-recon"), rpic);
@@ -801,10 +888,10 @@ async function denoiseSource(stale) {
     return { pic: state.drawing, image: toArray(state.drawing) };
   }
   if (source === "picked" && state.samples[state.picked]) return state.samples[state.picked];
-  const res = await api.sample(state.model.name, { n: 1, seed: 0, temperature: 1 });
+  const res = await api.sample(state.model.name, { n: 1, seed: 0, temperature: 1, label: pickedClass() });
   const [pic] = await pictures(res.images);
   if (stale()) return null;
-  return { pic, image: res.images[0] };
+  return { pic, image: res.images[0], cls: res.labels ? res.labels[0] : undefined };
 }
 
 function doDenoise() {
@@ -812,7 +899,7 @@ function doDenoise() {
   return run(denoisePanel, async (stale) => {
     const src = await denoiseSource(stale);
     if (!src) return;
-    const res = await api.denoise(state.model.name, [src.image ?? toArray(src.pic)], noise);
+    const res = await api.denoise(state.model.name, [src.image ?? toArray(src.pic)], noise, classFor(src));
     const [clean] = await pictures(res.images.slice(0, 1));
     const noisy = res.noisy.length ? (await pictures(res.noisy.slice(0, 1)))[0] : null;
     if (stale()) return;
@@ -902,13 +989,13 @@ async function loadBase(stale) {
   if (source === "drawing") {
     if (!state.drawing) throw pageProblem("Nothing drawn yet", "Draw a digit in the Draw & score view first.");
     if (!has("encode")) throw pageProblem("No encoder", `${state.model.name} cannot encode a drawing.`);
-    const res = await api.encode(state.model.name, [toArray(state.drawing)]);
+    const res = await api.encode(state.model.name, [toArray(state.drawing)], encoderTakesLabel() ? classFor() : undefined);
     return res.latents[0];
   }
   const seed = intValue($("#latent-seed"), 0);
-  const res = await api.sample(state.model.name, { n: 1, seed, temperature: 1 });
+  const res = await api.sample(state.model.name, { n: 1, seed, temperature: 1, label: classFor() });
   if (res.latents) return res.latents[0];
-  if (has("encode")) return (await api.encode(state.model.name, [res.images[0]])).latents[0];
+  if (has("encode")) return (await api.encode(state.model.name, [res.images[0]], encoderTakesLabel() ? classFor() : undefined)).latents[0];
   if (stale()) return null;
   return state.latent.range.map(([centre]) => centre); // no way to know the sample's code: use the centre
 }
@@ -950,7 +1037,7 @@ async function decodeNow() {
     do {
       decodeAgain = false;
       const z = currentCode();
-      const res = await api.decode(state.model.name, [z]);
+      const res = await api.decode(state.model.name, [z], classFor());
       const [pic] = await pictures(res.images);
       if (epoch !== state.epoch) return;
       paint($("#latent-image"), pic);
@@ -1009,7 +1096,7 @@ async function sweep() {
     }
   }
   const epoch = state.epoch;
-  const res = await api.decode(state.model.name, codes);
+  const res = await api.decode(state.model.name, codes, classFor());
   const pics = await pictures(res.images);
   if (epoch !== state.epoch) return;
   const grid = $("#latent-sweep");
