@@ -41,8 +41,11 @@ test: $(VENV)/.dev
 models: $(VENV)/.train
 	$(BIN)/python -m training zoo --store models_store --fresh
 
+# Ours as shipped, then against MLServer, KServe, LitServe and BentoML (their venvs are built once into
+# runs/bench/peers-venvs: about 2 minutes the first time, printed as they build).
 bench: $(VENV)/.dev
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/peers.py
 
 bench-quality: $(VENV)/.dev
 	$(BIN)/python bench/quality.py

@@ -4,7 +4,7 @@ one run.
     .venv/bin/python bench/boundary.py [--rounds 6] [--seconds 3] [--base COMMIT] [--out FILE.md]
 
 Two servers run `python -m service` over the same store with the same settings (the shipped defaults, but
-LOG_LEVEL=warning, as the rest of bench/serving.py): this checkout, and `--base` (default: the commit before
+LOG_LEVEL=warning: the base commit wrote an access line per request at info, this one does not): this checkout, and `--base` (default: the commit before
 the boundary change) from a `git worktree`. Each server is pinned to CPU 0 and wrk to CPU 1 (taskset), so the
 two never fight over a core. For /v1 sample n=1 and V2 infer (batch 1, JSON and binary) at c=1, 16 and 64:
 `--rounds` rounds, the two servers back to back in each (the order alternates), the ratio new/base taken per
@@ -228,7 +228,8 @@ def run(rounds: int, seconds: float, base: str, workdir: Path, only: str | None 
         with contextlib.ExitStack() as stack:
             urls: dict[str, tuple[str, int]] = {}
             for key, root in (("base", tree), ("new", ROOT)):
-                url, proc = stack.enter_context(serving.server(store, cfg, workdir, root=root, cpus="0"))
+                url, proc = stack.enter_context(serving.server(store, cfg, workdir, root=root, cpus="0",
+                                                                  env={"LATENTSERVE_LOG_LEVEL": "warning"}))
                 urls[key] = (url, proc.pid)
             res: dict[str, Any] = {"speed": speed(urls, store, rounds, seconds, workdir, only, concs),
                                    "stall": {}}

@@ -15,10 +15,12 @@ default that costs a lot (MLServer's parallel_workers=1) runs as the headline ro
 as an extra row, labelled; so does LitServe's fast_queue, which its docs advise above 100 req/s. (The peer
 files are named <peer>_peer.py: a bench/peers/mlserver.py would shadow the package it imports.)
 
-Ours is `python -m service` as shipped (log level info: an access line per request) on a store holding
-vae-digits: /v1 sample n=1, V2 infer batch 1 JSON, and binary as an extra row; LOG_LEVEL=warning is an
-extra server. The ceiling is a bare FastAPI app (bench/peers/ceiling.py) whose POST route parses the same
-V2 JSON body, under uvicorn's defaults (and at --log-level warning, an extra row).
+Ours is `python -m service` as shipped (log level info, no access line per request: LATENTSERVE_ACCESS_LOG
+is off by default) on a store holding vae-digits: /v1 sample n=1, V2 infer batch 1 JSON, and binary as an
+extra row; ACCESS_LOG=true (uvicorn's line per request) is an extra server. The ceiling is a bare FastAPI
+app (bench/peers/ceiling.py) whose POST route parses the same V2 JSON body, under uvicorn with
+--no-access-log, to pair with ours as shipped (and with uvicorn's defaults, an access line per request, as
+an extra row that pairs with ours at ACCESS_LOG=true).
 
 Every server's answer is checked against in-process onnxruntime on the same latent (max abs diff <= 1e-5)
 before anything is timed. Every server (all its processes and threads) is pinned to CPU 0 with taskset and
@@ -276,7 +278,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def launch_ours(log_level: str | None) -> Callable[[int, Path, Path], Launch]:
+def launch_ours(access_log: bool) -> Callable[[int, Path, Path], Launch]:
     def launch(port: int, decoder: Path, work: Path) -> Launch:
         store = decoder.parents[2]  # <store>/vae-digits/<version>/decoder.onnx
         env = clean_env(
@@ -286,14 +288,14 @@ def launch_ours(log_level: str | None) -> Callable[[int, Path, Path], Launch]:
             # Its gRPC port too (where the service has one; unknown settings are ignored), as for the peers:
             # two of ours run at once.
             LATENTSERVE_GRPC_PORT=str(serving.free_port()),
-            **({"LATENTSERVE_LOG_LEVEL": log_level} if log_level else {}),
+            **({"LATENTSERVE_ACCESS_LOG": "true"} if access_log else {}),
         )
         return Launch([sys.executable, "-m", "service"], env, ROOT)
 
     return launch
 
 
-def launch_ceiling(log_level: str | None) -> Callable[[int, Path, Path], Launch]:
+def launch_ceiling(access_log: bool) -> Callable[[int, Path, Path], Launch]:
     def launch(port: int, decoder: Path, work: Path) -> Launch:
         cmd = [
             sys.executable,
@@ -306,7 +308,7 @@ def launch_ceiling(log_level: str | None) -> Callable[[int, Path, Path], Launch]
             "127.0.0.1",
             "--port",
             str(port),
-            *(["--log-level", log_level] if log_level else []),
+            *([] if access_log else ["--no-access-log"]),
         ]
         return Launch(cmd, clean_env(), ROOT)
 
@@ -403,23 +405,24 @@ def launch_bentoml(port: int, decoder: Path, work: Path) -> Launch:
 def servers() -> list[Server]:
     v2 = f"/v2/models/{PEER_MODEL}/ready"
     return [
-        Server("ours", "ours (python -m service, as shipped)", None, "/health/ready", launch_ours(None)),
+        Server("ours", "ours (python -m service, as shipped)", None, "/health/ready", launch_ours(False)),
         Server(
-            "ours-warning",
-            "ours, LOG_LEVEL=warning",
+            "ours-accesslog",
+            "ours, ACCESS_LOG=true",
             None,
             "/health/ready",
-            launch_ours("warning"),
-            extra="not the default: no access line per request",
+            launch_ours(True),
+            extra="not the default: uvicorn's access line per request",
         ),
-        Server("ceiling", "ceiling (bare FastAPI, uvicorn defaults)", None, "/health", launch_ceiling(None)),
+        Server("ceiling", "ceiling (bare FastAPI, uvicorn --no-access-log)", None, "/health",
+               launch_ceiling(False)),
         Server(
-            "ceiling-warning",
-            "ceiling, --log-level warning",
+            "ceiling-accesslog",
+            "ceiling, uvicorn defaults (access log)",
             None,
             "/health",
-            launch_ceiling("warning"),
-            extra="no access line per request, to pair with ours at LOG_LEVEL=warning",
+            launch_ceiling(True),
+            extra="an access line per request, to pair with ours at ACCESS_LOG=true",
         ),
         Server("mlserver", "MLServer (mlserver start)", "mlserver", v2, launch_mlserver(None)),
         Server(
@@ -455,7 +458,7 @@ def rows() -> list[Row]:
     )
     v2json = serving.Scenario("d", "V2 infer JSON b=1", v2, "POST", body, JSON_HEADERS)
     out = []
-    for srv in ("ours", "ours-warning"):
+    for srv in ("ours", "ours-accesslog"):
         out += [
             Row(f"{srv}|sample", srv, "/v1 sample n=1", sample, read_sample, b'{"n": 1, "seed": 7}'),
             Row(f"{srv}|v2json", srv, "V2 infer JSON b=1", v2json, read_v2_json),
@@ -471,7 +474,7 @@ def rows() -> list[Row]:
             extra="binary tensors: what a Triton-style client sends",
         ),
     )
-    for srv in ("ceiling", "ceiling-warning"):
+    for srv in ("ceiling", "ceiling-accesslog"):
         out.append(
             Row(
                 f"{srv}|json",
@@ -783,11 +786,11 @@ def reference_lines(res: Results, concs: list[int], all_rows: list[Row]) -> list
         "| ours | against | c | req/s, ours / theirs (median of rounds) | CPU/request, theirs / ours |",
         "| --- | --- | --- | --- | --- |",
     ]
-    pairs = [("ours|v2json", r.key) for r in all_rows if r.server not in ("ours", "ours-warning")]
+    pairs = [("ours|v2json", r.key) for r in all_rows if r.server not in ("ours", "ours-accesslog")]
     pairs += [
         ("ours|sample", "ceiling|json"),
-        ("ours-warning|sample", "ceiling-warning|json"),
-        ("ours-warning|v2json", "ceiling-warning|json"),
+        ("ours-accesslog|sample", "ceiling-accesslog|json"),
+        ("ours-accesslog|v2json", "ceiling-accesslog|json"),
         ("ours|v2binary", "ceiling|json"),
     ]
     for num, den in pairs:
@@ -906,9 +909,9 @@ def plot(res: Results, concs: list[int], all_rows: list[Row], labels: dict[str, 
     )
     colour = {
         "ours": "tab:blue",
-        "ours-warning": "tab:blue",
+        "ours-accesslog": "tab:blue",
         "ceiling": "tab:gray",
-        "ceiling-warning": "tab:gray",
+        "ceiling-accesslog": "tab:gray",
     }
     ys = range(len(shown))
     for ax, c in zip(axes[0], concs, strict=True):

@@ -11,7 +11,7 @@ The photo is scikit-image's `camera` (512x512 grey, a real photograph), scored b
                    regions as JSON (no maps)
     HTTP, PNG      the same with Accept: image/png: the overlay (map over the photo, regions boxed)
 
-The server runs with its shipped settings (LOG_LEVEL=warning) pinned to CPU 0, wrk to CPU 1; in-process runs
+The server runs with its shipped settings pinned to CPU 0, wrk to CPU 1; in-process runs
 pinned to CPU 0 too. Latency at c=1, throughput at c=16; the target reads HTTP JSON at c=16 over in-process:
 >= 0.7. bench/serving.py runs this and puts the section in bench/results/serving.md.
 """

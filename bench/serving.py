@@ -177,7 +177,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], failure: str, timeout_s:
 def server(store: Path, cfg: Config, workdir: Path, pythonpath: tuple[Path, ...] = (), root: Path = ROOT,
            cpus: str | None = None, env: dict[str, str] | None = None
            ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m service` with the default settings but `cfg` (and room for n=1024 requests); `pythonpath`
+    """`python -m service` with the default settings (as shipped: log level info, no access line per request)
+    but `cfg` (and room for n=1024 requests); `pythonpath`
     goes ahead of the repository (bench/c1_stubs.py puts a sitecustomize there). `root`: the checkout whose
     service runs (bench/boundary.py runs an older commit's); `cpus`: pinned there with taskset; `env`: more
     LATENTSERVE_* settings."""
@@ -190,7 +191,6 @@ def server(store: Path, cfg: Config, workdir: Path, pythonpath: tuple[Path, ...]
         "LATENTSERVE_HOST": "127.0.0.1",
         "LATENTSERVE_PORT": str(port),
         "LATENTSERVE_BATCHING": str(cfg.batching).lower(),
-        "LATENTSERVE_LOG_LEVEL": "warning",
         "LATENTSERVE_MAX_ITEMS": "1024",
         "LATENTSERVE_SHUTDOWN_DRAIN_S": "0",
         # gRPC only where a scenario asks (run_v2_grpc): servers of several configurations run at once

@@ -101,6 +101,7 @@ def server_for(app: Any, settings: Any, **config: Any) -> GracefulServer:
         "host": settings.host,
         "port": settings.port,
         "log_level": str(getattr(settings, "log_level", "info")).lower(),
+        "access_log": bool(getattr(settings, "access_log", False)),
         "timeout_graceful_shutdown": drain_budget,
         "workers": 1,
     }

@@ -127,3 +127,39 @@ def test_bad_settings_are_one_clear_error_and_exit_2(env: dict[str, str], expect
     assert "Traceback" not in proc.stderr
     for text in expected:
         assert text in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("access_log", [None, "true"])
+def test_access_lines_only_when_asked(tmp_path: Path, access_log: str | None) -> None:
+    """As shipped (LOG_LEVEL=info) no line per request; ACCESS_LOG=true writes uvicorn's access lines."""
+    store = build_store(tmp_path / "models_store")
+    port = _free_port()
+    env = {**os.environ, "LATENTSERVE_STORE": str(store), "LATENTSERVE_PORT": str(port),
+           "LATENTSERVE_HOST": "127.0.0.1", "LATENTSERVE_GRPC_PORT": "0"}
+    env.pop("LATENTSERVE_LOG_LEVEL", None)
+    env.pop("LATENTSERVE_ACCESS_LOG", None)
+    if access_log:
+        env["LATENTSERVE_ACCESS_LOG"] = access_log
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready within 60 s"
+            time.sleep(0.1)
+        for seed in range(3):
+            assert httpx.post(f"{url}/v1/models/tiny-vae/sample", json={"n": 1, "seed": seed}).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    assert "Uvicorn running on" in out or "Application startup complete" in out, out  # info lines still come
+    lines = [ln for ln in out.splitlines() if "POST /v1/models/tiny-vae/sample" in ln]
+    assert len(lines) == (3 if access_log else 0), out
