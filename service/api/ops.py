@@ -145,8 +145,8 @@ async def sample(call: Call, body: SampleRequest) -> Response:
         raise PayloadTooLarge(f"n={n} is above the limit of {call.settings.max_items} items per request")
     res = await ops.sample(call.runtime, mv, n, body.seed, body.temperature, label_of(mv, body.label, n),
                            body.shared_style)
-    names = None if res.labels is None else labels.names(mv, res.labels)
-    return images_answer(call, mv, res.images, body.format, seed=res.seed, latents=res.latents, labels=names)
+    extra: dict[str, Any] = {} if res.labels is None else {"labels": labels.names(mv, res.labels)}
+    return images_answer(call, mv, res.images, body.format, seed=res.seed, latents=res.latents, **extra)
 
 
 async def interpolate(call: Call, body: InterpolateRequest) -> Response:
@@ -167,9 +167,11 @@ async def interpolate(call: Call, body: InterpolateRequest) -> Response:
         b, conv_b = await endpoint(call, body.end, mv, body, "end")
     res = await ops.interpolate(call.runtime, mv, a, b, body.steps, body.method, between)
     columns = call.query.columns if isinstance(call.query, GridQuery) else None
+    extra: dict[str, Any] = {} if between is None else {"labels": labels.names(mv, np.array(between))}
+    if seed is not None:
+        extra["seed"] = seed
     return images_answer(call, mv, res.images, body.format, columns=columns or body.steps,
-                         method=body.method, t=res.t, latents=res.latents, converted=conv_a + conv_b,
-                         labels=None if between is None else labels.names(mv, np.array(between)), seed=seed)
+                         method=body.method, t=res.t, latents=res.latents, converted=conv_a + conv_b, **extra)
 
 
 def _between(mv: ModelVersion, value: Any) -> tuple[int, int] | None:
