@@ -4,11 +4,12 @@ one run.
     .venv/bin/python bench/boundary.py [--rounds 6] [--seconds 3] [--base COMMIT] [--out FILE.md]
 
 Two servers run `python -m service` over the same store with the same settings (the shipped defaults, but
-LOG_LEVEL=warning: the base commit wrote an access line per request at info, this one does not): this checkout, and `--base` (default: the commit before
-the boundary change) from a `git worktree`. Each server is pinned to CPU 0 and wrk to CPU 1 (taskset), so the
-two never fight over a core. For /v1 sample n=1 and V2 infer (batch 1, JSON and binary) at c=1, 16 and 64:
-`--rounds` rounds, the two servers back to back in each (the order alternates), the ratio new/base taken per
-round; the target reads the median of those ratios (>= 0.97).
+LOG_LEVEL=warning: the base commit wrote an access line per request at info, this one does not): this
+checkout, and `--base` (default: the commit before the boundary change) from a `git worktree`. Each server is
+pinned to CPU 0 and wrk to CPU 1 (taskset), so the two never fight over a core. For /v1 sample n=1 and V2
+infer (batch 1, JSON and binary) at c=1, 16 and 64: `--rounds` rounds, the two servers back to back in each
+(the order alternates), the ratio new/base taken per round; the target reads the median of those ratios (>=
+0.97).
 
 The stall case: while one request carries 48 PNGs of 4096x4096 at 1 bit (136 KB of body, 805 million pixels
 declared), and again while one carries two of them (within the pixel budget), a second client asks

@@ -326,10 +326,10 @@ def cpu_seconds(pid: int) -> float:
 
 def wrk(
     url: str, sc: Scenario, conc: int, duration: float, workdir: Path, pid: int | None = None,
-    cpus: str | None = None,
+    cpus: str | None = None, timeout_s: int = 10,
 ) -> dict[str, Any]:
     """One wrk run; with `pid`, also the server's CPU time per request (robust to a busy host); with `cpus`,
-    wrk pinned there (taskset)."""
+    wrk pinned there (taskset). A request over `timeout_s` counts as an error."""
     body = workdir / "body.bin"
     body.write_bytes(sc.body)
     out = workdir / "wrk.json"
@@ -348,7 +348,7 @@ def wrk(
         f"-c{conc}",
         f"-d{max(1, round(duration))}s",
         "--timeout",
-        "10s",
+        f"{timeout_s}s",
         "-s",
         str(LUA),
         url + sc.path,
