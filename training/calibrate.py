@@ -10,19 +10,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from service.store import scores
-from service.store.manifest import AnomalySpec, Calibration, GaussianPrior, GMMPrior, MapSpec, NormalPrior
+from service.store.manifest import (
+    AnomalySpec,
+    Calibration,
+    GaussianPrior,
+    GMMPrior,
+    MapSpec,
+    NormalPrior,
+    Prior,
+)
 from training.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
 
-#: graph name -> function from one input array to the graph's outputs by name, in output order.
-Runner = Callable[[str, np.ndarray], dict[str, np.ndarray]]
+
+class Runner(Protocol):
+    """graph name, its input array (and the labels, for a graph that takes them) -> the graph's outputs by
+    name, in output order. Labels are int class indices (N,) or one-hot (N, K); a graph without a label
+    input ignores them."""
+
+    def __call__(self, name: str, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
+
 BATCH = 512
 #: ... and at most this many input elements per batch: crops and photos are larger than digits.
 BATCH_ELEMENTS = 2**20
@@ -35,6 +50,14 @@ CALIBRATION_PROBS = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 PRIOR_POSITIONS = 4096
 
 
+def one_hot(y: np.ndarray, k: int) -> np.ndarray:
+    """int class indices (N,) -> one-hot float32 (N, K); a (N, K) float label passes as float32."""
+    y = np.asarray(y)
+    if y.ndim == 2:
+        return y.astype(np.float32)
+    return np.eye(k, dtype=np.float32)[y.astype(np.int64)]
+
+
 def torch_runner(model: GenerativeModel) -> Runner:
     """Run the model's export graphs with torch (eval mode, no grad, on the model's device), batched; the
     outputs carry the names the exported graphs give them."""
@@ -43,12 +66,16 @@ def torch_runner(model: GenerativeModel) -> Runner:
     device = next(model.parameters()).device
 
     @torch.no_grad()
-    def run(name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    def run(name: str, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, np.ndarray]:
         graph = graphs[name]
+        if graph.num_classes and y is None:
+            raise ValueError(f"graph {name!r} takes the label: pass y")
+        labels = one_hot(y, graph.num_classes) if graph.num_classes and y is not None else None
         chunks: list[list[np.ndarray]] = []
         bs = max(1, min(BATCH, BATCH_ELEMENTS // max(1, int(np.prod(x.shape[1:])))))
         for i in range(0, len(x), bs):
-            out = graph.module(torch.from_numpy(np.ascontiguousarray(x[i:i + bs])).to(device))
+            xs = [x[i:i + bs]] + ([labels[i:i + bs]] if labels is not None else [])
+            out = graph.module(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in xs))
             outs = out if isinstance(out, (tuple, list)) else (out,)
             chunks.append([o.float().cpu().numpy() for o in outs])
         arrays = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
@@ -156,14 +183,15 @@ def fit_prior(codes: np.ndarray, kind: str, components: int, seed: int) -> Gauss
 
 
 def latent_prior(model: GenerativeModel, train_x: np.ndarray, kind: str, components: int,
-                 seed: int) -> NormalPrior | GaussianPrior | GMMPrior:
+                 seed: int, train_y: np.ndarray | None = None) -> NormalPrior | GaussianPrior | GMMPrior:
     """The prior to publish: N(0, I), or a density fitted on the training codes (the encoder graph's first
     output: the code, or a VAE's posterior mean). `kind` is the trainer's choice for deterministic AEs; a
-    family may override it from its own config (`GenerativeModel.latent_prior_kind`: a VAE's `prior`)."""
+    family may override it from its own config (`GenerativeModel.latent_prior_kind`: a VAE's `prior`).
+    `train_y`: the labels, for an encoder that takes them (a CVAE's)."""
     chosen = model.latent_prior_kind(kind)
     if chosen == "normal":
         return NormalPrior()
-    codes = first(torch_runner(model)("encoder", train_x))
+    codes = first(torch_runner(model)("encoder", train_x, train_y))
     if codes.ndim == 4:  # a spatial code (N, C_z, h, w): the density of one position's code vector
         codes = codes.transpose(0, 2, 3, 1).reshape(-1, codes.shape[1])
         if len(codes) > PRIOR_POSITIONS:
@@ -171,8 +199,31 @@ def latent_prior(model: GenerativeModel, train_x: np.ndarray, kind: str, compone
     return fit_prior(codes, chosen, components, seed)
 
 
-def importance_sampled_nll(model: GenerativeModel, x: np.ndarray, k: int, batch: int = 128) -> float | None:
-    """Mean importance-sampled NLL (nats per image) for families that define it (VAEs); None otherwise."""
+def class_priors(model: GenerativeModel, train_x: np.ndarray, train_y: np.ndarray, components: int,
+                 seed: int) -> list[Prior] | None:
+    """One prior per class for a conditional family configured with one (`class_prior_kind`): a
+    Gaussian/GMM fitted on the codes of that class's training images (`fit_prior`, with `components` at
+    most). None: the family has none, and the latent prior serves every class. A class with fewer than two
+    training images gets N(0, I)."""
+    kind = model.class_prior_kind()
+    if kind is None:
+        return None
+    codes = first(torch_runner(model)("encoder", train_x, train_y))
+    priors: list[Prior] = []
+    for c in range(model.num_classes):
+        mine = codes[train_y == c]
+        if len(mine) < 2:
+            log.warning("class %d has %d training image(s): its prior is N(0, I)", c, len(mine))
+            priors.append(NormalPrior())
+        else:
+            priors.append(fit_prior(mine, kind, components, seed))
+    return priors
+
+
+def importance_sampled_nll(model: GenerativeModel, x: np.ndarray, k: int, batch: int = 128,
+                           y: np.ndarray | None = None) -> float | None:
+    """Mean importance-sampled NLL (nats per image) for families that define it (VAEs); None otherwise. With
+    labels `y` (a conditional family), -log p(x | y)."""
     fn = getattr(model, "importance_sampled_nll", None)
     if fn is None:
         return None
@@ -182,6 +233,7 @@ def importance_sampled_nll(model: GenerativeModel, x: np.ndarray, k: int, batch:
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(device)
-            nll = fn(xb, k)  # (B,) per image, or a batch mean
+            given = {} if y is None else {"y": torch.from_numpy(np.asarray(y[i:i + batch])).to(device)}
+            nll = fn(xb, k, **given)  # (B,) per image, or a batch mean
             total += float(nll.sum()) if nll.ndim else float(nll) * len(xb)
     return total / max(len(x), 1)

@@ -7,6 +7,11 @@ With `crop` set, the model trains on random crops of images of any size (`traini
 stream from disk), and validation, calibration and metrics use crop-sized windows of held-out images. A
 fully convolutional model (backbone "fcn") publishes `spatial`, an anomaly map (`anomaly.map`) and score
 quantiles (`anomaly.calibration`), and no `sample` or `interpolate`: it has no flat prior to draw from.
+
+A conditional family (training.models.cvae, cgan, saae) takes the number of classes from the data (class
+folders' names, else the labels 0..K-1), trains on labelled whole images, and publishes `labels` (the class
+names, the graphs' label inputs, and per-class priors where its config asks for them), `restyle`, and no
+`denoise` or `anomaly-score` (both would need the label of an image whose label is unknown).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from service.store.manifest import (
     MODEL_NAME_PATTERN,
     AnomalySpec,
     DataSpec,
+    LabelSet,
     LatentSpec,
     Manifest,
     SpatialSpec,
@@ -82,6 +88,10 @@ def code_version() -> str:
 
 #: What a fully convolutional model cannot offer: there is no flat prior to sample or walk in.
 NO_PRIOR = frozenset({"sample", "interpolate"})
+#: What a conditional model does not offer: its decoder needs the image's class, which a request to score
+#: an anomaly (or to clean a corrupted image) does not know -- and scoring every class instead would make
+#: an anomaly of whichever class explains it best, a different score from the unconditional families'.
+NO_LABEL = frozenset({"denoise", "anomaly-score"})
 #: Default tile side for the service's tiling of larger images (rounded up to the model's multiple), and the
 #: default overlap in latent cells: a tile's border changes its map up to ~6 cells in (48 px on the texture
 #: models, 3% of the mean map at 4 cells, 0.3% at 6), and the linear ramps across an 8-cell overlap give
@@ -89,8 +99,10 @@ NO_PRIOR = frozenset({"sample", "interpolate"})
 TILE, OVERLAP_CELLS = 256, 8
 
 
-def capabilities(graphs: set[str], spatial: bool = False) -> list[str]:
-    """What the service can offer with these graphs (mirrors the manifest's own consistency rule)."""
+def capabilities(graphs: set[str], spatial: bool = False, labelled: bool = False) -> list[str]:
+    """What the service can offer with these graphs (mirrors the manifest's own consistency rule); a
+    `labelled` (conditional) model also restyles, and neither denoises nor scores anomalies."""
+    caps: list[str]
     if {"encoder", "decoder"} <= graphs:
         caps = list(ALL_CAPABILITIES)
     else:
@@ -99,7 +111,10 @@ def capabilities(graphs: set[str], spatial: bool = False) -> list[str]:
             caps.append("encode")
         if "decoder" in graphs:
             caps += ["decode", "sample", "interpolate"]
-    return [c for c in caps if not (spatial and c in NO_PRIOR)]
+    caps = [c for c in caps if not (spatial and c in NO_PRIOR) and not (labelled and c in NO_LABEL)]
+    if labelled and {"encoder", "decoder"} <= graphs:
+        caps.append("restyle")
+    return caps
 
 
 def _round_up(n: int, m: int) -> int:
@@ -135,14 +150,17 @@ def evaluate(model: GenerativeModel, splits: Splits, cfg: TrainConfig) -> dict[s
     metrics: dict[str, float | int | str] = {}
     graphs = set(model.export_graphs())
     test = splits.test.x
+    y = splits.test.y if model.conditional else None  # a conditional model is given each image's label
     if {"encoder", "decoder"} <= graphs and len(test):
-        x_hat = calibrate.first(run("decoder", calibrate.first(run("encoder", test))))
+        x_hat = calibrate.first(run("decoder", calibrate.first(run("encoder", test, y)), y))
         metrics["test_recon_mse"] = float(np.mean((test - x_hat) ** 2))
         metrics["test_n"] = len(test)
-    nll = calibrate.importance_sampled_nll(model, test, cfg.nll_k)
+    nll = calibrate.importance_sampled_nll(model, test, cfg.nll_k, y=y)
     if nll is not None:
         metrics["nll_is"] = nll
         metrics["nll_k"] = cfg.nll_k
+        if y is not None:
+            metrics["nll_given"] = "label"  # -log p(x | y): not comparable with an unconditional NLL
     return metrics
 
 
@@ -160,10 +178,41 @@ def anomaly_metrics(model: GenerativeModel, splits: Splits, spec: Any) -> dict[s
             "test_flagged_rate": float(np.mean(s > spec.threshold))}
 
 
-def build_model(spec: RunSpec, shape: tuple[int, int, int]) -> GenerativeModel:
-    """The registered family for `shape` (C, H, W): the data's images, or the training crop."""
-    cfg = model_config(spec.train.model, spec.model, input_shape=shape)
+def build_model(spec: RunSpec, shape: tuple[int, int, int], num_classes: int | None = None
+                ) -> GenerativeModel:
+    """The registered family for `shape` (C, H, W): the data's images, or the training crop; a conditional
+    family for `num_classes` classes (the data's)."""
+    fixed: dict[str, Any] = {"input_shape": shape}
+    if REGISTRY[spec.train.model].model.conditional and num_classes is not None:
+        fixed["num_classes"] = num_classes
+    cfg = model_config(spec.train.model, spec.model, **fixed)
     return REGISTRY[spec.train.model].model(cfg)
+
+
+def class_names(data: ImageSet) -> list[str]:
+    """The classes of labelled data, by index: the source's names (class folders), else "0".."K-1"."""
+    if data.classes:
+        return list(data.classes)
+    if not len(data.y) or int(data.y.min()) < 0:
+        raise DataError(f"{data.name}: a conditional model needs labelled images (some labels are -1: "
+                        "unlabelled)")
+    return [str(i) for i in range(int(data.y.max()) + 1)]
+
+
+def check_conditional(cfg: TrainConfig, data: ImageSet | Images) -> int | None:
+    """The number of classes for a conditional family (None for the others), checked before training: it
+    trains on whole labelled images, every class at once."""
+    if not REGISTRY[cfg.model].model.conditional:
+        return None
+    if cfg.crop is not None or not isinstance(data, ImageSet):
+        raise ConfigError(f"{cfg.model} is conditional: it trains on whole labelled images, not crops")
+    if cfg.normal_classes is not None:
+        raise ConfigError(f"{cfg.model} is conditional: it learns every class, so one-class mode "
+                          "(normal_classes) does not apply")
+    names = class_names(data)
+    if len(names) < 2:
+        raise DataError(f"{data.name}: a conditional model needs at least two classes, got {names}")
+    return len(names)
 
 
 def load_splits(cfg: TrainConfig, data: ImageSet | None) -> tuple[Splits | CropSplits, ImageSet | Images]:
@@ -215,7 +264,7 @@ def _run(spec: RunSpec, cfg: TrainConfig, data: ImageSet | None, ctx: DistContex
     device = pick_device(cfg.device, ctx)
     seed_everything(cfg.seed, device)
     splits, source = load_splits(cfg, data)
-    model = build_model(spec, splits.shape)
+    model = build_model(spec, splits.shape, check_conditional(cfg, source))
     spatial = spatial_spec(cfg, model)
     threads, why = pick_threads(cfg.threads, model.cfg.backbone)
     torch.set_num_threads(threads)  # after the build: weight init is the same on any thread count
@@ -245,8 +294,8 @@ def _save_rank_weights(model: GenerativeModel, run_dir: Path, ctx: DistContext) 
 def _anomaly(model: GenerativeModel, splits: Splits, cfg: TrainConfig) -> AnomalySpec | None:
     """The anomaly section, calibrated on the validation split: a threshold on the family's score, or for a
     fully convolutional model the map, its thresholds and quantiles (calibrate.calibrate_map)."""
-    if not {"encoder", "decoder"} <= set(model.export_graphs()):
-        return None
+    if model.conditional or not {"encoder", "decoder"} <= set(model.export_graphs()):
+        return None  # a conditional model has none: see NO_LABEL
     kind, params = model.anomaly_score()
     run = calibrate.torch_runner(model)
     population = (f"normal classes {list(splits.normal_classes)}" if splits.normal_classes is not None
@@ -258,6 +307,16 @@ def _anomaly(model: GenerativeModel, splits: Splits, cfg: TrainConfig) -> Anomal
             min_region_pixels=cfg.min_region_pixels, population=population)
     val_scores, _ = calibrate.compute_scores(kind, params, run, splits.val.x)
     return calibrate.calibrate_threshold(kind, params, val_scores, cfg.threshold_quantile, population)
+
+
+def _label_set(model: GenerativeModel, splits: Splits, cfg: TrainConfig) -> LabelSet:
+    """The manifest's `labels`: class names, the graphs that take the label, and per-class priors when the
+    family's config asks for them (fitted on each class's training codes)."""
+    names = class_names(splits.train)
+    names += [str(i) for i in range(len(names), model.num_classes)]  # classes absent from the train split
+    inputs = {name: g.input_names[1] for name, g in model.export_graphs().items() if g.num_classes}
+    priors = calibrate.class_priors(model, splits.train.x, splits.train.y, cfg.prior_components, cfg.seed)
+    return LabelSet(names=names[:model.num_classes], inputs=inputs, class_priors=priors)
 
 
 def _finish(model: GenerativeModel, spec: RunSpec, trained_on: Splits | CropSplits, dataset: str,
@@ -276,7 +335,10 @@ def _finish(model: GenerativeModel, spec: RunSpec, trained_on: Splits | CropSpli
     anomaly = _anomaly(model, splits, cfg)
     if anomaly is not None:
         metrics.update(anomaly_metrics(model, splits, anomaly))
-    prior = calibrate.latent_prior(model, splits.train.x, cfg.prior, cfg.prior_components, cfg.seed)
+    labelled = model.conditional
+    train_y = splits.train.y if labelled else None
+    prior = calibrate.latent_prior(model, splits.train.x, cfg.prior, cfg.prior_components, cfg.seed, train_y)
+    labels = _label_set(model, splits, cfg) if labelled else None
     training = {
         "model": cfg.model, "config": to_dict(cfg), "model_config": to_dict(model.cfg), "seed": cfg.seed,
         "split": trained_on.describe(), "stages": [vars(s) for s in fit.stages],
@@ -288,28 +350,29 @@ def _finish(model: GenerativeModel, spec: RunSpec, trained_on: Splits | CropSpli
         preprocessing=f"{how} as float32 scaled to [0, 1], shape [C, H, W]; no mean/std normalisation",
         classes=list(splits.normal_classes) if splits.normal_classes is not None else None,
     )
-    real = splits.test.x if len(splits.test) else splits.train.x
+    real_part = splits.test if len(splits.test) else splits.train
+    real, real_y = real_part.x, (real_part.y if labelled else None)
 
     def manifest(version: int, files: dict[str, str]) -> Manifest:
         return Manifest(
             name=name, version=version, family=model.family, variant=model.variant,  # type: ignore[arg-type]
             created_at=datetime.now(UTC), code_version=code_version(), data=data_spec,
             latent=LatentSpec(dim=model.cfg.latent_dim, prior=prior), graphs=exported.graphs, files=files,
-            capabilities=capabilities(set(exported.graphs), spatial is not None),  # type: ignore[arg-type]
-            anomaly=anomaly, spatial=spatial, metrics=metrics, training=training,
+            capabilities=capabilities(set(exported.graphs), spatial is not None, labelled),  # type: ignore[arg-type]
+            anomaly=anomaly, spatial=spatial, labels=labels, metrics=metrics, training=training,
         )
 
     if not cfg.publish:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            exported = export_model(model, Path(tmp), real)
+            exported = export_model(model, Path(tmp), real, real_labels=real_y)
             metrics.update(exported.metrics)
             names = [f for g in exported.graphs.values() for f in (g.file, g.torchscript) if f]
             m = manifest(1, dict.fromkeys(names, "0" * 64))  # a dry run: validated, never written
         return PipelineResult(name, m, None, metrics, model)
     with Staging(cfg.store, name) as stage:
-        exported = export_model(model, stage.path, real)  # raises ParityError: nothing is published
+        exported = export_model(model, stage.path, real, real_labels=real_y)  # ParityError: nothing published
         metrics.update(exported.metrics)
         path = stage.commit(manifest)
     published = Manifest.model_validate_json((path / "manifest.json").read_text())

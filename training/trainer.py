@@ -11,6 +11,9 @@ Distributed (WORLD_SIZE > 1, e.g. under torchrun): the same loop, with the model
 DistributedDataParallel, each rank taking a seeded, identical-across-ranks shard of every epoch's
 permutation, and only rank 0 showing progress and writing files.
 
+Conditional families (`model.conditional`): every batch carries its int64 labels, and each phase is called
+as `model(x, phase=name, y=labels)`; validation passes them too. Unconditional families never see labels.
+
 Random crops (`CropSplits`, for fully convolutional models on images of any size): the batches of an epoch
 come from a `training.data.crops.CropStream` (a DataLoader whose workers decode the images) seeded by the
 same (stage, epoch) key, and validation runs on fixed crop-sized windows. Everything else is the same loop.
@@ -224,14 +227,29 @@ class Trainer:
         return CropStream(splits, cfg.batch_size, cfg.seed, cfg.crops_per_image, cfg.epoch_crops, workers,
                           self.ctx.rank, self.ctx.world_size, cfg.scale_jitter)
 
-    def _batches(self, data: Tensor | CropStream, stage_idx: int, epoch: int) -> Iterator[Tensor]:
-        """Seeded shuffling, identical on every rank; each rank takes every world_size-th sample of the
-        permutation padded to a multiple of world_size (what DistributedSampler does). A CropStream is
-        seeded by the same key and shards the same way."""
+    def _labels(self, splits: Splits | CropSplits) -> tuple[Tensor | None, Tensor | None]:
+        """The train and validation labels for a conditional family (None, None for the others); a
+        conditional family needs every image labelled in [0, num_classes)."""
+        if not self.model.conditional:
+            return None, None
+        if isinstance(splits, CropSplits):
+            raise ConfigError("a conditional model trains on whole labelled images, not random crops")
+        k = self.model.num_classes
+        for part in (splits.train, splits.val):
+            if len(part.y) and (part.y.min() < 0 or part.y.max() >= k):
+                raise ConfigError(f"{part.name}: a conditional model needs every image labelled 0..{k - 1}, "
+                                  f"got labels {int(part.y.min())}..{int(part.y.max())}")
+        return self._to_device(splits.train.y), self._to_device(splits.val.y)
+
+    def _batches(self, data: Tensor | CropStream, stage_idx: int, epoch: int, labels: Tensor | None = None
+                 ) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """(images, their labels or None) per batch. Seeded shuffling, identical on every rank; each rank
+        takes every world_size-th sample of the permutation padded to a multiple of world_size (what
+        DistributedSampler does). A CropStream is seeded by the same key and shards the same way."""
         key = self.cfg.seed * 1_000_003 + stage_idx * 10_007 + epoch
         if isinstance(data, CropStream):
             for x in data.epoch(key, self.cfg.steps_per_epoch):
-                yield x.to(self.device, non_blocking=True)
+                yield x.to(self.device, non_blocking=True), None
             return
         g = torch.Generator().manual_seed(key)
         perm = torch.randperm(len(data), generator=g)
@@ -249,13 +267,14 @@ class Trainer:
             idx = perm[i * bs:(i + 1) * bs]
             if data.device != self.device:
                 idx = idx.to(data.device)
-            yield data[idx].to(self.device, non_blocking=True)
+            y = labels[idx].to(self.device, non_blocking=True) if labels is not None else None
+            yield data[idx].to(self.device, non_blocking=True), y
 
     # -- one step ----------------------------------------------------------------------------------
-    def _step(self, x: Tensor, phase: str) -> dict[str, float]:
+    def _step(self, x: Tensor, phase: str, y: Tensor | None = None) -> dict[str, float]:
         self.model.zero_grad(set_to_none=True)  # a phase must not step on another phase's gradients
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.net(x, phase=phase)
+            out = self.net(x, phase=phase, **_labels(y))
         loss = out.loss.float()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss in phase {phase!r}: {loss.item()}")
@@ -265,8 +284,8 @@ class Trainer:
         terms.setdefault(f"{phase}/loss" if len(self.optimisers) > 1 else "loss", float(loss.detach()))
         return terms
 
-    def _run_epoch(self, train: Tensor | CropStream, stage_idx: int, stage: Stage, epoch: int
-                   ) -> dict[str, float]:
+    def _run_epoch(self, train: Tensor | CropStream, stage_idx: int, stage: Stage, epoch: int,
+                   labels: Tensor | None = None) -> dict[str, float]:
         from tqdm import tqdm
 
         self.net.train()
@@ -274,11 +293,11 @@ class Trainer:
         counts: dict[str, int] = {}  # a phase may repeat per batch (k discriminator steps)
         n = 0
         show = self.cfg.progress and self.ctx.is_main and sys.stderr.isatty()
-        bar = tqdm(self._batches(train, stage_idx, epoch), disable=not show, leave=False,
+        bar = tqdm(self._batches(train, stage_idx, epoch, labels), disable=not show, leave=False,
                    desc=f"{stage.name} {epoch + 1}", unit="batch")
-        for x in bar:
+        for x, y in bar:
             for phase in stage.phases:
-                for k, v in self._step(x, phase).items():
+                for k, v in self._step(x, phase, y).items():
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1
             n += 1
@@ -288,16 +307,18 @@ class Trainer:
         return {k: v / counts[k] for k, v in sums.items()}  # mean per step
 
     @torch.no_grad()
-    def validation_loss(self, val: Tensor) -> float:
-        """Mean over the validation set, batched; averaged across ranks so all stop together."""
+    def validation_loss(self, val: Tensor, labels: Tensor | None = None) -> float:
+        """Mean over the validation set (with its labels, for a conditional family), batched; averaged across
+        ranks so all stop together."""
         self.model.eval()
         total, count = 0.0, 0
         per_item = math.prod(val.shape[1:]) if val.ndim > 1 else 1
         bs = max(1, min(max(self.cfg.batch_size, 256), VAL_ELEMENTS // per_item))
         for i in range(0, len(val), bs):
             x = val[i:i + bs].to(self.device)
+            y = labels[i:i + bs].to(self.device) if labels is not None else None
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.model.validation_loss(x)
+                loss = self.model.validation_loss(x, **_labels(y))
             total += float(loss) * len(x)
             count += len(x)
         value = total / max(count, 1)
@@ -367,6 +388,7 @@ class Trainer:
                 (self.run_dir / METRICS_NAME).unlink(missing_ok=True)
         train = self._stream(splits) if isinstance(splits, CropSplits) else self._to_device(splits.train.x)
         val = self._to_device(splits.val.x)
+        train_y, val_y = self._labels(splits)
         resumed = self._load_checkpoint()
         result = FitResult(device=str(self.device), world_size=self.ctx.world_size)
         if resumed is not None:
@@ -386,8 +408,8 @@ class Trainer:
             stopped, ran = False, start
             for epoch in range(start, epochs):
                 te = time.perf_counter()
-                terms = self._run_epoch(train, si, stage, epoch)
-                val_loss = self.validation_loss(val) if stage.early_stopping and len(val) else None
+                terms = self._run_epoch(train, si, stage, epoch, train_y)
+                val_loss = self.validation_loss(val, val_y) if stage.early_stopping and len(val) else None
                 ran = epoch + 1
                 if val_loss is not None:
                     if val_loss < best_loss - self.cfg.min_delta:
@@ -419,6 +441,11 @@ class Trainer:
         result.train_seconds = time.perf_counter() - t0
         self.model.eval()
         return result
+
+
+def _labels(y: Tensor | None) -> dict[str, Tensor]:
+    """The keyword a conditional family's forward and validation_loss take; none for the others."""
+    return {} if y is None else {"y": y}
 
 
 def _finite(v: float) -> float | None:

@@ -521,3 +521,13 @@ def test_openapi_documents_every_operation_and_multipart(client: TestClient) -> 
     assert {"application/json", "multipart/form-data"} <= set(content)
     assert "image/png" in spec["paths"]["/v1/models/{name}/sample"]["post"]["responses"]["200"]["content"]
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(("path", "query"), [("anomaly-score", "heatmap=true"), ("sample", "n=4"),
+                                             ("reconstruct", "format=png")])
+def test_a_body_field_sent_as_a_query_parameter_is_a_422_naming_it(client: TestClient, path: str,
+                                                                   query: str) -> None:
+    body = {"n": 1} if path == "sample" else {"images": [[[0.0] * 8] * 8]}
+    p = problem(client.post(f"/v1/models/tiny-ae/{path}?{query}", json=body), 422)
+    name = query.split("=")[0]
+    assert f"query.{name}" in p["detail"] and p["errors"][0]["loc"] == ["query", name], p

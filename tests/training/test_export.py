@@ -33,7 +33,7 @@ def real() -> np.ndarray:
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_family_exports_with_parity(name: str, tmp_path: Path, real: np.ndarray) -> None:
     model = tiny(name)
-    out = export_model(model, tmp_path, real)
+    out = export_model(model, tmp_path, real, real_labels=synthetic(n=40, seed=2).y)
     assert "decoder" in out.graphs
     assert set(out.graphs) == set(model.export_graphs())
     assert float(out.metrics["parity_onnx_max_abs_diff"]) <= 1e-4
@@ -46,12 +46,15 @@ def test_every_family_exports_with_parity(name: str, tmp_path: Path, real: np.nd
         assert all(t.shape[0] == -1 for t in [*spec.inputs, *spec.outputs])
         assert [i.name for i in proto.graph.input] == [t.name for t in spec.inputs]
         assert [o.name for o in proto.graph.output] == [t.name for t in spec.outputs]
-        # onnxruntime at a batch size never seen at export time, against torch.
+        # onnxruntime at a batch size never seen at export time, against torch (with a soft label for a
+        # labelled graph: the second input, (N, K))
         sess = ort.InferenceSession(str(tmp_path / spec.file), providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).random((5, *spec.inputs[0].shape[1:]), dtype=np.float32)
-        got = sess.run(None, {spec.inputs[0].name: x})
+        rng = np.random.default_rng(0)
+        feeds = {t.name: rng.random((5, *t.shape[1:]), dtype=np.float32) for t in spec.inputs}
+        got = sess.run(None, feeds)
+        args = [torch.from_numpy(a) for a in feeds.values()]
         with torch.no_grad():
-            ref = model.export_graphs()[gname].module(torch.from_numpy(x))
+            ref = model.export_graphs()[gname].module(*args)
         ref = ref if isinstance(ref, (tuple, list)) else [ref]
         for r, g in zip(ref, got, strict=True):
             assert g.shape == tuple(r.shape) and g.shape[0] == 5
@@ -59,7 +62,7 @@ def test_every_family_exports_with_parity(name: str, tmp_path: Path, real: np.nd
         # the TorchScript twin loads without the model's Python code and agrees too
         assert spec.torchscript is not None
         ts = torch.jit.load(str(tmp_path / spec.torchscript))
-        ts_out = ts(torch.from_numpy(x))
+        ts_out = ts(*args)
         ts_out = ts_out if isinstance(ts_out, (tuple, list)) else [ts_out]
         np.testing.assert_allclose(ts_out[0].detach().numpy(), ref[0].numpy(), atol=1e-5)
 
@@ -87,8 +90,9 @@ def test_parity_checks_real_and_random_inputs_at_two_batch_sizes(real: np.ndarra
     labels = [label for label, _ in export.parity_inputs("decoder", graphs["decoder"], model, real)]
     assert labels == ["random[1]", "random[7]", "real[1]", "real[32]"]
     enc_cases = export.parity_inputs("encoder", graphs["encoder"], model, real)
-    assert [tuple(x.shape) for _, x in enc_cases] == [(1, 1, 8, 8), (7, 1, 8, 8), (1, 1, 8, 8), (32, 1, 8, 8)]
-    np.testing.assert_array_equal(enc_cases[3][1].numpy(), real[:32])
+    assert [tuple(x.shape) for _, (x,) in enc_cases] == [(1, 1, 8, 8), (7, 1, 8, 8), (1, 1, 8, 8),
+                                                          (32, 1, 8, 8)]
+    np.testing.assert_array_equal(enc_cases[3][1][0].numpy(), real[:32])
 
 
 @pytest.mark.slow

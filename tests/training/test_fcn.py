@@ -167,7 +167,7 @@ def test_the_parity_gate_covers_other_sizes() -> None:
     graphs = model.export_graphs()
     real = np.random.default_rng(0).random((3, 1, 16, 16), dtype=np.float32)
     enc = export.parity_inputs("encoder", graphs["encoder"], model, real)
-    assert {tuple(x.shape[2:]) for _, x in enc} == {(16, 16), (20, 16), (24, 36)}
+    assert {tuple(x.shape[2:]) for _, (x,) in enc} == {(16, 16), (20, 16), (24, 36)}
     dec = export.parity_inputs("decoder", graphs["decoder"], model, real)
-    assert {tuple(x.shape[2:]) for _, x in dec} == {(4, 4), (5, 4), (6, 9)}
+    assert {tuple(x.shape[2:]) for _, (x,) in dec} == {(4, 4), (5, 4), (6, 9)}
     assert [label for label, _ in dec][-2:] == ["real[1]", "real[3]"]  # codes of real images

@@ -49,13 +49,38 @@ def digits() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
+def digit_labels() -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    return torch.from_numpy(load_digits().target).long()
+
+
+BATCH = torch.randperm(1797, generator=torch.Generator().manual_seed(0))[:128]
+
+
+@pytest.fixture(scope="module")
 def batch(digits: torch.Tensor) -> torch.Tensor:
-    return digits[torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:128]]
+    return digits[BATCH]
+
+
+@pytest.fixture(scope="module")
+def batch_labels(digit_labels: torch.Tensor) -> torch.Tensor:
+    return digit_labels[BATCH]
 
 
 def _make(name: str, shape: str = "mlp-8x8", seed: int = 0, **kw: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build(name, **SHAPES[shape], **kw)
+
+
+def given(model: torch.nn.Module, y: torch.Tensor | int) -> dict[str, torch.Tensor]:
+    """The label keyword for a conditional family (`y`: the labels, or a batch size for random ones); {}
+    for the others."""
+    if not model.conditional:
+        return {}
+    if isinstance(y, int):
+        y = torch.randint(model.num_classes, (y,), generator=torch.Generator().manual_seed(y))
+    return {"y": y}
 
 
 # --- registry-parametrized --------------------------------------------------------------------
@@ -67,10 +92,10 @@ def test_forward_returns_model_output(name: str, shape: str) -> None:
     x = torch.rand(4, *model.cfg.input_shape)
     for phases in [("main",), *(s.phases for s in model.stages())]:
         for phase in phases:
-            out = model(x, phase)
+            out = model(x, phase, **given(model, 4))
             assert out.loss.ndim == 0 and torch.isfinite(out.loss), (name, phase)
             assert all(t.ndim == 0 and not t.requires_grad for t in out.terms.values()), (name, phase)
-    out = model(x)
+    out = model(x, **given(model, 4))
     assert out.recon is not None and out.recon.shape == x.shape
     recon = out.recon.detach()
     assert 0.0 <= float(recon.min()) and float(recon.max()) <= 1.0
@@ -98,36 +123,40 @@ def test_variants() -> None:
         "ae-linear": ("ae", "linear"),
         "vae": ("vae", "plain"), "beta-vae": ("vae", "beta"), "aae": ("aae", "plain"), "wae": ("wae", "mmd"),
         "gan": ("gan", "plain"),
+        "cvae": ("vae", "conditional"), "cgan": ("gan", "conditional"), "saae": ("aae", "supervised"),
     }
+    assert {n for n in NAMES if REGISTRY[n].model.conditional} == {"cvae", "cgan", "saae"}
 
 
-def _phase_losses(model: torch.nn.Module, x: torch.Tensor, phases: tuple[str, ...], seed: int
-                  ) -> dict[str, float]:
+def _phase_losses(model: torch.nn.Module, x: torch.Tensor, phases: tuple[str, ...], seed: int,
+                  labels: dict[str, torch.Tensor]) -> dict[str, float]:
     torch.manual_seed(seed)
     with torch.no_grad():
-        return {p: float(model(x, p).loss) for p in set(phases)}
+        return {p: float(model(x, p, **labels).loss) for p in set(phases)}
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_training_steps_lower_the_loss(name: str, batch: torch.Tensor) -> None:
-    """A tiny local loop over the stages/phases interface (one Adam per phase), as the trainer runs it."""
+def test_training_steps_lower_the_loss(name: str, batch: torch.Tensor, batch_labels: torch.Tensor) -> None:
+    """A tiny local loop over the stages/phases interface (one Adam per phase), as the trainer runs it (a
+    conditional family with the digits' labels)."""
     model = _make(name)
+    labels = given(model, batch_labels)
     for stage in model.stages():
         opts = {p: torch.optim.Adam(list(model.phase_parameters(p)), lr=1e-3) for p in set(stage.phases)}
         model.eval()
-        val_before = float(model.validation_loss(batch))
-        before = _phase_losses(model, batch, stage.phases, seed=1)
+        val_before = float(model.validation_loss(batch, **labels))
+        before = _phase_losses(model, batch, stage.phases, 1, labels)
         model.train()
         for _ in range(40):
             for phase in stage.phases:
                 opts[phase].zero_grad(set_to_none=True)
-                model(batch, phase).loss.backward()
+                model(batch, phase, **labels).loss.backward()
                 opts[phase].step()
         model.eval()
-        after = _phase_losses(model, batch, stage.phases, seed=1)
+        after = _phase_losses(model, batch, stage.phases, 1, labels)
         assert all(math.isfinite(v) for v in after.values())
         if stage.early_stopping:
-            assert float(model.validation_loss(batch)) < val_before, (name, stage.name)
+            assert float(model.validation_loss(batch, **labels)) < val_before, (name, stage.name)
         else:  # an adversarial stage: the discriminator learns to tell real from fake
             assert after["disc"] < before["disc"], (name, stage.name, before, after)
 
@@ -144,7 +173,7 @@ def test_export_graphs(name: str, shape: str) -> None:
     for gname, g in graphs.items():
         assert not any(m.training for m in g.module.modules()), f"{gname} must export in eval mode"
         with torch.no_grad():
-            out = g.module(g.example)
+            out = g.module(*g.examples())
         outs = out if isinstance(out, tuple) else (out,)
         assert len(outs) == len(g.output_names), gname
         b = len(g.example)
@@ -426,7 +455,7 @@ def test_phases_run_under_bf16_autocast(name: str) -> None:
         for phase in stage.phases:
             model.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = model(x, phase)
+                out = model(x, phase, **given(model, 16))
             assert torch.isfinite(out.loss), (name, phase)
             out.loss.backward()
             assert any(p.grad is not None for p in model.phase_parameters(phase)), (name, phase)

@@ -38,11 +38,16 @@ def test_every_family_publishes_a_valid_manifest(name: str, tmp_path: Path, tiny
     model = REGISTRY[name].model
     assert (m.name, m.family, m.variant) == (f"{name}-synthetic", model.family, model.variant)
     assert m.data.shape == (1, 8, 8) and m.latent.dim == 4
-    assert set(m.capabilities) == set(ALL_CAPABILITIES)  # every family has encoder + decoder
     assert m.latent.prior.kind == ("normal" if model.prior_kind == "normal" else "gmm")
     for f, digest in m.files.items():
         assert sha256_file(res.path / f) == digest
     assert set(p.name for p in res.path.iterdir()) == {*m.files, "manifest.json"}
+    if model.conditional:  # the label set of the data (synthetic: 4 classes); no anomaly score, no denoise
+        assert m.labels is not None and m.labels.names == ["0", "1", "2", "3"] and m.anomaly is None
+        assert set(m.capabilities) == set(ALL_CAPABILITIES) - {"denoise", "anomaly-score"} | {"restyle"}
+        return
+    assert set(m.capabilities) == set(ALL_CAPABILITIES)  # every family has encoder + decoder
+    assert m.labels is None
     assert m.anomaly is not None and m.anomaly.scale > 0 and "percentile" in m.anomaly.rule
     assert m.metrics["test_recon_mse"] > 0 and m.metrics["parity_onnx_max_abs_diff"] <= 1e-4
     if hasattr(model, "importance_sampled_nll"):

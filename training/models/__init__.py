@@ -1,7 +1,8 @@
 """The model zoo: a registry from names to (model class, config class).
 
 Parametrized tests iterate over REGISTRY, so a new family is tested as soon as it is registered here.
-Zoo model names are `<registry-name>-<dataset>`, e.g. `vae-digits`.
+Zoo model names are `<registry-name>-<dataset>`, e.g. `vae-digits`. The conditional families (`cvae`,
+`cgan`, `saae`: `Entry.model.conditional`) take a class label too; `UNCONDITIONAL` lists the others.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from training.models.ae_denoising import DenoisingAE, DenoisingConfig
 from training.models.ae_linear import LinearAE, LinearAEConfig
 from training.models.ae_sparse import SparseKLAE, SparseKLConfig, SparseL1AE, SparseL1Config
 from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput, Stage
+from training.models.cgan import CGAN, CGANConfig
+from training.models.cvae import CVAE, CVAEConfig
 from training.models.gan import GAN, GANConfig
+from training.models.saae import SAAEConfig, SupervisedAAE
 from training.models.vae import VAE, BetaVAE, BetaVAEConfig, VAEConfig
 from training.models.wae import WAE, WAEConfig
 
@@ -38,7 +42,12 @@ REGISTRY: dict[str, Entry] = {
     "aae": Entry(AdversarialAE, AAEConfig),
     "wae": Entry(WAE, WAEConfig),
     "gan": Entry(GAN, GANConfig),
+    "cvae": Entry(CVAE, CVAEConfig),
+    "cgan": Entry(CGAN, CGANConfig),
+    "saae": Entry(SupervisedAAE, SAAEConfig),
 }
+#: The registry names of the families that take no label.
+UNCONDITIONAL: tuple[str, ...] = tuple(n for n, e in REGISTRY.items() if not e.model.conditional)
 
 
 def build(name: str, **overrides: object) -> GenerativeModel:
@@ -51,5 +60,6 @@ def build(name: str, **overrides: object) -> GenerativeModel:
 
 
 __all__ = [
-    "REGISTRY", "Entry", "GenerativeModel", "GraphExport", "ModelConfig", "ModelOutput", "Stage", "build",
+    "REGISTRY", "UNCONDITIONAL", "Entry", "GenerativeModel", "GraphExport", "ModelConfig", "ModelOutput",
+    "Stage", "build",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -72,14 +72,19 @@ class AdversarialAE(AutoEncoder):
         if phase in ("recon", "main"):
             x_hat = self.reconstruct(z)
             return self.output(x, x_hat, z, {})
+        return self.adversarial(z, phase, self.discriminator)
+
+    def adversarial(self, z: Tensor, phase: str, critic: Callable[[Tensor], Tensor]) -> ModelOutput:
+        """The loss of a "disc" or "gen" step on the codes z (B, d); `critic`: codes -> "from the prior"
+        logits (B, 1)."""
         if phase == "disc":
             prior = torch.randn_like(z)
             # codes are detached: this phase must not leave gradients on the encoder
-            real, fake = self.discriminator(prior), self.discriminator(z.detach())
+            real, fake = critic(prior), critic(z.detach())
             loss = F.softplus(-real).mean() + F.softplus(fake).mean()  # BCE with targets 1 and 0
             return ModelOutput(loss=loss, terms={"disc": loss.detach()}, code=z)
         if phase == "gen":
-            loss = self.cfg.adv_weight * F.softplus(-self.discriminator(z)).mean()  # -log sigma(disc(E(x)))
+            loss = self.cfg.adv_weight * F.softplus(-critic(z)).mean()  # -log sigma(disc(E(x)))
             return ModelOutput(loss=loss, terms={"gen": loss.detach()}, code=z)
         raise ValueError(f"unknown phase {phase!r} for aae")
 

@@ -4,6 +4,11 @@ Flat backbones ("mlp", "conv"): encoders map (B, C, H, W) -> (B, out_dim); decod
 (B, C, H, W) *logits* (or raw values with `activation=None`); the family decides the output nonlinearity.
 The fully convolutional one ("fcn") keeps the layout: (B, C, H, W) -> (B, out_dim, H / 2**k, W / 2**k) and
 back, at any H and W that are multiples of 2**k.
+
+A conditional encoder (`label_dim` > 0) also takes the one-hot label y (B, K) and sees it at its input:
+concatenated to the flattened pixels (MLP), or as K constant channels beside the image's (conv), as in
+Sohn et al.'s CVAE. A conditional decoder needs nothing special: it is built for in_dim = d + K and eats
+cat(z, y).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ def _act(linear: bool) -> nn.Module:
 
 class MLPEncoder(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], hidden: tuple[int, ...], out_dim: int,
-                 linear: bool = False) -> None:
+                 linear: bool = False, label_dim: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        width = math.prod(input_shape)
+        width = math.prod(input_shape) + label_dim
         for h in hidden:
             layers += [nn.Linear(width, h), _act(linear)]
             width = h
@@ -33,11 +38,19 @@ class MLPEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.features_dim = width
 
-    def features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, features_dim): all but the head
-        return self.net[:-1](x)
+    @property
+    def head(self) -> nn.Module:  # the last linear layer: features -> out_dim
+        return self.net[-1]
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, out_dim)
-        return self.net(x)
+    def features(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # -> (B, features_dim): not the head
+        if y is None:
+            return self.net[:-1](x)  # net[0] flattens
+        return self.net[1:-1](torch.cat([x.flatten(1), y.to(x.dtype)], dim=1))  # from (B, C*H*W + K)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # (B, C, H, W) [, (B, K)] -> (B, out)
+        if y is None:
+            return self.net(x)
+        return self.head(self.features(x, y))
 
 
 class Unflatten(nn.Module):
@@ -77,12 +90,14 @@ class ConvEncoder(nn.Module):
     """Stride-2 convs (each halves H, W), then a linear head. For 28x28 and 32x32, 1 or 3 channels."""
 
     def __init__(self, input_shape: tuple[int, int, int], channels: tuple[int, ...], out_dim: int,
-                 linear: bool = False) -> None:
+                 linear: bool = False, label_dim: int = 0) -> None:
         super().__init__()
         c, h, w = input_shape
         factor = 2 ** len(channels)
         if h % factor or w % factor:
             raise ValueError(f"conv backbone needs H and W divisible by {factor}, got {h}x{w}")
+        self.size = (h, w)
+        c += label_dim  # a label's K constant channels
         layers: list[nn.Module] = []
         for ch in channels:
             layers.append(nn.Conv2d(c, ch, 4, stride=2, padding=1))
@@ -94,11 +109,18 @@ class ConvEncoder(nn.Module):
         self.features_dim = c * (h // factor) * (w // factor)
         self.head = nn.Linear(self.features_dim, out_dim)
 
-    def features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, features_dim): all but the head
-        return self.conv(x)
+    def _input(self, x: Tensor, y: Tensor | None) -> Tensor:  # (B, C [+ K], H, W)
+        if y is None:
+            return x
+        # a broadcasting product, not expand(): one Mul in ONNX whatever the batch
+        planes = y.to(x.dtype)[:, :, None, None] * x.new_ones(1, 1, *self.size)
+        return torch.cat([x, planes], dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, out_dim)
-        return self.head(self.conv(x))
+    def features(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # -> (B, features_dim): not the head
+        return self.conv(self._input(x, y))
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # (B, C, H, W) [, (B, K)] -> (B, out)
+        return self.head(self.conv(self._input(x, y)))
 
 
 class ConvDecoder(nn.Module):
@@ -206,14 +228,17 @@ class FCNDecoder(nn.Module):
         return self.net(z)
 
 
-def make_encoder(cfg: ModelConfig, out_dim: int, linear: bool = False
+def make_encoder(cfg: ModelConfig, out_dim: int, linear: bool = False, label_dim: int = 0
                  ) -> MLPEncoder | ConvEncoder | FCNEncoder:
-    """The encoder of `cfg.backbone`; `out_dim` is the code size, or the latent channels for "fcn"."""
+    """The encoder of `cfg.backbone`; `out_dim` is the code size, or the latent channels for "fcn";
+    `label_dim` > 0: it also takes a one-hot label of that size (flat backbones only)."""
     if cfg.backbone == "fcn":
+        if label_dim:
+            raise ValueError("the fcn backbone takes no label")
         return FCNEncoder(cfg.input_shape[0], cfg.channels, out_dim, cfg.res_blocks, cfg.norm)
     if cfg.backbone == "conv":
-        return ConvEncoder(cfg.input_shape, cfg.channels, out_dim, linear=linear)
-    return MLPEncoder(cfg.input_shape, cfg.hidden, out_dim, linear=linear)
+        return ConvEncoder(cfg.input_shape, cfg.channels, out_dim, linear=linear, label_dim=label_dim)
+    return MLPEncoder(cfg.input_shape, cfg.hidden, out_dim, linear=linear, label_dim=label_dim)
 
 
 def make_decoder(cfg: ModelConfig, in_dim: int, linear: bool = False) -> nn.Module:

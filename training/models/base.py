@@ -8,6 +8,10 @@ optimiser step per *phase* in `stage.phases`, in order. A phase is a name: the t
 optimiser that holds `model.phase_parameters(name)`. Plain families have one stage with one phase
 ("main"); AAE has ("recon", "disc", "gen"); a GAN has ("disc",) * k + ("gen",) and then a second stage
 that trains its f-AnoGAN encoder.
+
+Conditional families (`conditional = True`: training.models.cvae, cgan, saae) also take the class label:
+the trainer calls `model(x, phase=name, y=labels)` with the batch's int64 labels (B,), and their graphs take
+the one-hot label as a second input (`GraphExport.num_classes`).
 """
 
 from __future__ import annotations
@@ -128,6 +132,15 @@ class GraphExport:
     output_names: list[str]
     example: Tensor  # (B, ...) example input for tracing
     spatial: bool = False  # H and W (dims 2 and 3) of every input and output are dynamic too
+    #: > 0: the graph takes a second input, the one-hot label (B, num_classes) float32, named input_names[1]
+    num_classes: int = 0
+
+    def examples(self) -> tuple[Tensor, ...]:
+        """The example inputs: `example`, and for a labelled graph one-hot labels cycling over the classes."""
+        if not self.num_classes:
+            return (self.example,)
+        idx = torch.arange(len(self.example)) % self.num_classes
+        return self.example, torch.nn.functional.one_hot(idx, self.num_classes).float()
 
 
 class GenerativeModel(nn.Module):
@@ -139,6 +152,8 @@ class GenerativeModel(nn.Module):
     #: family's config asks for more (see `latent_prior_kind`); "fitted": a Gaussian/GMM is fitted on the
     #: training codes after training.
     prior_kind: ClassVar[Literal["normal", "fitted"]] = "fitted"
+    #: True for the families that take a class label beside the image and the code (see the module doc).
+    conditional: ClassVar[bool] = False
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -182,6 +197,16 @@ class GenerativeModel(nn.Module):
         """The prior the published model samples from: "normal" (N(0, I)) or the kind of density fitted on
         the training codes ("gaussian", "gmm"). `fitted` is the trainer's choice for "fitted" families."""
         return "normal" if self.prior_kind == "normal" else fitted
+
+    @property
+    def num_classes(self) -> int:
+        """K, the classes of a conditional family's label; 0 for the unconditional ones."""
+        return int(getattr(self.cfg, "num_classes", 0)) if self.conditional else 0
+
+    def class_prior_kind(self) -> str | None:
+        """A conditional family's per-class sampling prior ("gaussian", "gmm": fitted on each class's
+        training codes), or None: the latent prior serves every class."""
+        return None
 
     # --- helpers for subclasses ---------------------------------------------------------------
     def example_images(self, batch: int = 2) -> Tensor:

@@ -5,7 +5,7 @@ encode, interpolate real images and score anomalies like the autoencoders.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -75,16 +75,21 @@ class GAN(GenerativeModel):
     def forward(self, x: Tensor, phase: str = "main") -> ModelOutput:
         if phase in ("encoder", "main"):
             return self.izi_f(x)
+        return self.adversarial(x, phase, self.discriminator, self.decode)
+
+    def adversarial(self, x: Tensor, phase: str, critic: Callable[[Tensor], Tensor],
+                    generate: Callable[[Tensor], Tensor]) -> ModelOutput:
+        """The loss of a "disc" or "gen" step, given the critic (image -> logit) and G (z -> image)."""
         # G and D may have been left in eval mode by the encoder stage or a validation pass
         self.generator.train(self.training)
         self.discriminator.train(self.training)
         z = torch.randn(len(x), self.cfg.latent_dim, device=x.device, dtype=x.dtype)
-        fake = torch.sigmoid(self.generator(z))  # (B, C, H, W)
+        fake = generate(z)  # (B, C, H, W)
         if phase == "disc":
             real = x.detach().requires_grad_(self.cfg.r1 > 0)
-            real_logits = self.discriminator(real)
+            real_logits = critic(real)
             # fakes detached: this phase must not leave gradients on G
-            loss = discriminator_loss(real_logits, self.discriminator(fake.detach()))
+            loss = discriminator_loss(real_logits, critic(fake.detach()))
             terms = {"disc": loss.detach()}
             if self.cfg.r1 > 0 and torch.is_grad_enabled():
                 (g,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
@@ -92,19 +97,20 @@ class GAN(GenerativeModel):
                 loss, terms["r1"] = loss + r1, r1.detach()
             return ModelOutput(loss=loss, terms=terms, code=z)
         if phase == "gen":
-            loss = generator_loss(self.discriminator(fake))
+            loss = generator_loss(critic(fake))
             return ModelOutput(loss=loss, terms={"gen": loss.detach()}, code=z)
         raise ValueError(f"unknown phase {phase!r} for gan")
 
-    def izi_f(self, x: Tensor) -> ModelOutput:
+    def izi_f(self, x: Tensor, generate: Callable[[Tensor], Tensor] | None = None) -> ModelOutput:
         """||x - G(E(x))||^2 + kappa ||f(x) - f(G(E(x)))||^2, as MEANS over pixels and features (the same
-        normalisation as service.store.scores.fanogan), with G and D frozen: only E is stepped.
+        normalisation as service.store.scores.fanogan), with G and D frozen: only E is stepped. `generate`
+        is G (z -> image); None: `decode`.
         """
         # Frozen also means no BatchNorm statistics updates: G and D always run in eval mode here.
         self.generator.eval()
         self.discriminator.eval()
         z = self.encoder(x)  # (B, d)
-        x_hat = torch.sigmoid(self.generator(z))
+        x_hat = (generate or self.decode)(z)
         rec = F.mse_loss(x_hat, x)
         feat = F.mse_loss(self.discriminator.features(x_hat), self.discriminator.features(x).detach())
         loss = rec + self.cfg.kappa * feat

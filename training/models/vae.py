@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -85,10 +86,14 @@ class VAE(GenerativeModel):
         return -nll.flatten(1).sum(dim=1)
 
     def forward(self, x: Tensor, phase: str = "main") -> ModelOutput:
-        mu, logvar = self.posterior(x)  # (B, d) each
+        return self.elbo(x, *self.posterior(x), self.decoder)
+
+    def elbo(self, x: Tensor, mu: Tensor, logvar: Tensor, logits_of: Callable[[Tensor], Tensor]
+             ) -> ModelOutput:
+        """The loss from the posterior (mu, logvar), each (B, d), and the decoder's map z -> pixel logits."""
         # the reparameterisation trick: the noise is an input, so gradients flow to mu and logvar
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        logits = self.decoder(z)  # (B, C, H, W)
+        logits = logits_of(z)  # (B, C, H, W)
         rec = -self.log_likelihood(x, logits).mean()
         kl = gaussian_kl(mu, logvar).mean()
         loss = rec + self.cfg.beta * kl
@@ -109,7 +114,13 @@ class VAE(GenerativeModel):
         """
         was_training = self.training
         self.eval()  # BatchNorm running statistics, as served
-        mu, logvar = self.posterior(x)
+        nll = self.iwae(x, *self.posterior(x), self.decoder, k)
+        self.train(was_training)
+        return nll
+
+    def iwae(self, x: Tensor, mu: Tensor, logvar: Tensor, logits_of: Callable[[Tensor], Tensor], k: int
+             ) -> Tensor:
+        """The IWAE estimate of -log p(x) per image (B,) from the posterior and the decoder's z -> logits."""
         std = (0.5 * logvar).exp()
         log_2pi = math.log(2 * math.pi)
         log_w = []
@@ -118,8 +129,7 @@ class VAE(GenerativeModel):
             z = mu + eps * std
             log_q = -0.5 * (eps.pow(2) + logvar + log_2pi).sum(dim=1)
             log_p = -0.5 * (z.pow(2) + log_2pi).sum(dim=1)
-            log_w.append(self.log_likelihood(x, self.decoder(z)) + log_p - log_q)
-        self.train(was_training)
+            log_w.append(self.log_likelihood(x, logits_of(z)) + log_p - log_q)
         return -(torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k))
 
     def latent_prior_kind(self, fitted: str) -> str:
