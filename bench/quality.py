@@ -2,11 +2,12 @@
 
     python bench/quality.py            # the full run -> bench/results/quality.md, quality.json, quality/*.png
     python bench/quality.py --quick    # digits only, 2 one-class tasks, few epochs: a smoke run (< 2 min)
+    python bench/quality.py --only conditional --update   # one section alone, merged into the report
 
 Sections per dataset (digits, and mnist-10k when ../shared/datasets/mnist-t10k is there): denoising,
-generation + density, one-class anomaly detection. The JSON and the markdown are rewritten after every
-section (and every one-class task), so a long run always leaves a readable partial report; the final
-report says "complete". See the module docstrings of bench/quality_*.py for each protocol.
+generation + density, one-class anomaly detection, conditional generation. The JSON and the markdown are
+rewritten after every section (and every one-class task), so a long run always leaves a readable partial
+report; the final report says "complete". See the module docstrings of bench/quality_*.py for each protocol.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: service, training
 
 import quality_anomaly  # noqa: E402
+import quality_conditional  # noqa: E402
 import quality_denoise  # noqa: E402
 import quality_generation  # noqa: E402
 import quality_report  # noqa: E402
@@ -34,7 +36,7 @@ from quality_common import REPO, SPLIT_SEED, BenchData, Budget, load_datasets  #
 
 log = logging.getLogger("bench.quality")
 
-SECTIONS = ("denoising", "generation", "anomaly")
+SECTIONS = ("denoising", "generation", "anomaly", "conditional")
 PROTOCOL = [
     "- **Split**: one seeded permutation per dataset (seed above); every model and baseline is fitted on the "
     "training part only, every number is measured on the test part. Early stopping holds out a seeded 10% of "
@@ -66,6 +68,14 @@ PROTOCOL = [
     "coefficients. The floor: held-out real training images vs the test images.",
     "- **Denoising**: one denoising AE per corruption, trained with that corruption; noisy test images are "
     "drawn once with a fixed seed; baselines' single knob tuned on a held-out tenth of the training split.",
+    "- **Conditional generation**: cvae, cgan and saae and their unconditional counterparts (vae, gan, aae; "
+    "the same settings but the label), each trained with 3 seeds on the training split. Class accuracy = "
+    "the share of a class's samples that the judge (the benchmark's FeatureNet classifier, its epochs "
+    "picked on a held-out tenth of the training split) calls that class; per-class Fréchet distance in the "
+    "judge's features against that class's test images (an unconditional model's samples assigned to "
+    "classes by the judge); restyle = test images encoded and decoded as the next class, judged. Each "
+    "family's sampling prior (N(0, I), a GMM on all training codes, or a Gaussian/GMM per class) is chosen "
+    "on the training images held out for early stopping (see bench/quality_conditional.py).",
 ]
 
 #: How the defaults were chosen, and what was tried against the misses (side runs on the same split; the
@@ -202,6 +212,11 @@ def run_dataset(run: Run, data: BenchData, budget: Budget, sections: tuple[str, 
             run.save()
 
         quality_anomaly.run(data, budget, seed, r["anomaly"], progress)
+    if "conditional" in sections:
+        c = quality_conditional.run(data, budget, seed)
+        c["figures"] = quality_report.conditional_figures(data.name, c.pop("grids"), run.fig_dir)
+        r["conditional"] = c
+        run.save()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", default=None,
                    help="comma list of digits,mnist-10k (default: both; quick: digits)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
+    p.add_argument("--only", default=None, choices=SECTIONS, help="run this one section (as --sections NAME)")
     p.add_argument("--families", default=None, help="comma list of registry names for the anomaly section")
     p.add_argument("--seed", type=int, default=SPLIT_SEED, help="split and training seed")
     p.add_argument("--update", action="store_true",
@@ -231,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the heavy lifting runs in budget.workers single-threaded processes
     default = ("digits",) if args.quick else ("digits", "mnist-10k")
     names = tuple(args.datasets.split(",")) if args.datasets else default
-    sections = tuple(s for s in args.sections.split(",") if s)
+    sections = (args.only,) if args.only else tuple(s for s in args.sections.split(",") if s)
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}")

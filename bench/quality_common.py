@@ -24,7 +24,7 @@ import torch
 
 from training.config import TrainConfig
 from training.data import DataError, ImageSet, Splits, load
-from training.models import REGISTRY
+from training.models import REGISTRY, UNCONDITIONAL
 from training.models.base import GenerativeModel, ModelConfig
 from training.trainer import Trainer
 
@@ -113,7 +113,7 @@ class Budget:
     #: step; the plain AE gets twice the steps (MNIST mean AUROC, recon-blur: 97.1 at 250, 97.5 at 500)
     family_factor: dict[str, float] = field(default_factory=lambda: {"ae": 2.0, "ae-contractive": 0.25})
     classes: tuple[int, ...] = tuple(range(10))  # one-class tasks
-    families: tuple[str, ...] = tuple(REGISTRY)
+    families: tuple[str, ...] = UNCONDITIONAL  # of the anomaly section: conditional models score no anomaly
     anomaly_is_k: int = 16  # importance samples for the IS-NLL anomaly score
     #: σ (pixels) of the `recon-blur` score (model config anomaly_blur): chosen on MNIST from {0.7, 1, 1.5, 2}
     #: by one-class AUROC on the training split (held-out normals vs other classes' training images);
@@ -128,6 +128,13 @@ class Budget:
     vae_prior_components: int = 40
     n_gen: int | None = None  # samples per generator; None: as many as test images
     workers: int = 2  # processes, one torch thread each: small nets scale better this way than with threads
+    # --- the conditional section (quality_conditional)
+    cond_seeds: int = 3  # training seeds of every model (seed, seed + 1, ...)
+    n_per_class: int = 100  # samples of each class, per model and seed
+    #: the judge's epochs are picked among these by its accuracy on a held-out tenth of the training split
+    judge_epochs: tuple[int, ...] = (4, 10, 20, 40)
+    cond_gan_encoder_epochs: int = 5  # the cGAN's and GAN's encoder stage: restyle uses it, nothing else here
+    target_class_acc: float = 0.95  # issue 18: per class and overall
 
     @staticmethod
     def full() -> Budget:
@@ -137,7 +144,8 @@ class Budget:
     def quick() -> Budget:
         return Budget(patience=3, oneclass_steps={"mlp": 100, "conv": 30}, full_epochs={"mlp": 10, "conv": 1},
                       denoise_epochs={"mlp": 10, "conv": 1}, gan_epochs={"mlp": 10, "conv": 1},
-                      classes=(0, 7), anomaly_is_k=4, density_k=16, pyod_epochs=2, clf_epochs=2, n_gen=200)
+                      classes=(0, 7), anomaly_is_k=4, density_k=16, pyod_epochs=2, clf_epochs=2, n_gen=200,
+                      cond_seeds=1, n_per_class=20, judge_epochs=(2, 4), cond_gan_encoder_epochs=1)
 
 
 #: Model config per (backbone, family): tuned on digits / the MNIST training split only.
@@ -145,7 +153,7 @@ def model_overrides(data: BenchData, family: str, purpose: str) -> dict[str, Any
     """Config overrides for a family on a dataset. `purpose` is "oneclass" or "full" (all classes)."""
     if data.backbone == "conv":
         kw: dict[str, Any] = {"backbone": "conv", "channels": (32, 64), "latent_dim": 16}
-        if family == "gan" and purpose == "full":
+        if family in ("gan", "cgan") and purpose == "full":
             kw["latent_dim"] = 32
     else:
         kw = {"backbone": "mlp", "hidden": (128, 64), "latent_dim": 8}
@@ -159,13 +167,22 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def holdout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices of `fit`'s early-stopping split of n images: a seeded 10% held out."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(2, n // 10)
+    return perm[n_val:], perm[:n_val]
+
+
 def fit(family: str, x: np.ndarray, data: BenchData, budget: Budget, seed: int, purpose: str,
-        model_cls: type[GenerativeModel] | None = None, **overrides: Any) -> GenerativeModel:
+        model_cls: type[GenerativeModel] | None = None, y: np.ndarray | None = None,
+        **overrides: Any) -> GenerativeModel:
     """Train a registry family on images `x` with the project's Trainer; returns it in eval mode on CPU.
 
     `purpose` "oneclass" trains for budget.oneclass_steps, "full" / "denoise" for budget.full_epochs /
-    budget.denoise_epochs (the GAN: budget.gan_epochs), with the "full" model config. 10% of `x` (seeded)
-    is held out for early stopping; the test split is never seen.
+    budget.denoise_epochs (the GAN: budget.gan_epochs), with the "full" model config. 10% of `x` (seeded,
+    `holdout`) is held out for early stopping; the test split is never seen. A conditional family trains
+    with the labels `y` (its num_classes: the data's 10).
     """
     if purpose == "oneclass":
         steps = budget.oneclass_steps[data.backbone] * budget.family_factor.get(family, 1.0)
@@ -173,21 +190,24 @@ def fit(family: str, x: np.ndarray, data: BenchData, budget: Budget, seed: int, 
         epochs = max(1, math.ceil(steps / math.ceil(n_train / budget.batch_size)))
     elif purpose == "denoise":
         epochs = budget.denoise_epochs[data.backbone]
-    elif family == "gan":
+    elif family in ("gan", "cgan"):
         epochs = budget.gan_epochs[data.backbone]
         overrides.setdefault("encoder_epochs", min(10, epochs))
     else:
         epochs = budget.full_epochs[data.backbone]
     entry = REGISTRY[family]
     kw = {**model_overrides(data, family, purpose), **overrides}
+    if entry.model.conditional:
+        if y is None:
+            raise ValueError(f"{family} is conditional: pass the labels y")
+        kw.setdefault("num_classes", 10)
     cfg: ModelConfig = entry.config(input_shape=data.shape, **kw)  # type: ignore[call-arg]
     torch.manual_seed(seed)
     model = (model_cls or entry.model)(cfg)  # type: ignore[arg-type]
-    perm = np.random.default_rng(seed).permutation(len(x))
-    n_val = max(2, len(x) // 10)
-    y = np.zeros(len(x), dtype=np.int64)
-    train = ImageSet("bench", x[perm[n_val:]], y[perm[n_val:]])
-    val = ImageSet("bench", x[perm[:n_val]], y[perm[:n_val]])
+    tr, va = holdout(len(x), seed)
+    y = np.zeros(len(x), dtype=np.int64) if y is None else y
+    train = ImageSet("bench", x[tr], y[tr])
+    val = ImageSet("bench", x[va], y[va])
     splits = Splits(train, val, val.subset(np.arange(0)), seed, (0.9, 0.1, 0.0))
     tc = TrainConfig(model=family, seed=seed, epochs=epochs, batch_size=budget.batch_size,
                      patience=budget.patience, device="auto", progress=False, publish=False)

@@ -147,6 +147,26 @@ def denoise_figure(ds: str, examples: dict[str, dict[str, np.ndarray]], fig_dir:
     return _save(fig, fig_dir / f"denoise_{ds}.png")
 
 
+def conditional_figures(ds: str, pictures: dict[str, dict[str, np.ndarray]], fig_dir: Path
+                        ) -> dict[str, str]:
+    """Per conditional model, two panels: one row per class with the same style z ~ N(0, I) down each
+    column; and restyle, one test image per class (first column) decoded as each class 0..9."""
+    out = {}
+    for name, p in pictures.items():
+        fig, (a, b) = plt.subplots(1, 2, figsize=(7.2, 3.8))
+        a.imshow(_grid(np.clip(p["classes"], 0, 1), 10), cmap="gray", vmin=0, vmax=1)
+        a.set_title(f"{name}: row = class, column = one z", fontsize=8)
+        b.imshow(_grid(np.clip(p["restyle"], 0, 1), 11), cmap="gray", vmin=0, vmax=1)
+        b.set_title(f"{name} restyle: test image, then as 0..9", fontsize=8)
+        h = p["classes"].shape[-1] + 1
+        a.set_yticks([h * r + h / 2 - 1 for r in range(10)], [str(r) for r in range(10)], fontsize=6)
+        a.set_xticks([])
+        b.set_xticks([])
+        b.set_yticks([])
+        out[name] = _save(fig, fig_dir / f"conditional_{ds}_{_slug(name)}.png")
+    return out
+
+
 # --- markdown ------------------------------------------------------------------------------------------
 
 
@@ -195,6 +215,79 @@ def generation_md(g: dict[str, Any], fig_rel: str) -> list[str]:
                 _img(fig_rel, g["interpolation_figure"], 600)]
     if g.get("latent_figure"):
         out += ["", "Test codes in 2-D, coloured by class:", "", _img(fig_rel, g["latent_figure"], 900)]
+    return out
+
+
+def _acc_cell(mean: float, worst: float, target: float) -> str:
+    """Mean over seeds, the worst seed in brackets; bold when a seed misses the target."""
+    cell = f"{_pct(mean)} ({_pct(worst)})"
+    return f"**{cell}**" if worst < target else cell
+
+
+def conditional_md(c: dict[str, Any], fig_rel: str) -> list[str]:
+    """The conditional section: the judge, the proxy's prior choice, class accuracy, per-class Fréchet."""
+    j, models, target = c["judge"], c["models"], c["target"]
+    classes = [str(k) for k in range(10)]
+    conds = [m for m in ("cvae", "cgan", "saae") if m in models]
+    pairs = {"cvae": "vae", "cgan": "gan", "saae": "aae"}
+    held = ", ".join(f"{e}: {_pct(a)}%" for e, a in j["heldout_acc"].items())
+    out = [f"Judge: the benchmark's FeatureNet classifier, {j['epochs']} epochs (picked by accuracy on a "
+           f"held-out tenth of the training split: {held}), test accuracy {_pct(j['test_acc'])}%. "
+           f"{len(c['seeds'])} training seeds ({', '.join(map(str, c['seeds']))}), "
+           f"{c['n_per_class']} samples per class per model and seed.", "",
+           "**Sampling prior, chosen on the training split** (samples with the labels of the training images "
+           "held out for early stopping, against those images; mean over seeds): Fréchet distance / class "
+           "accuracy %. Chosen: the lowest distance among the options whose accuracy is at least "
+           f"{_pct(target)}% (conditional models), the lowest distance (unconditional). Restyle: the "
+           "held-out images decoded as the next class, judged.", "",
+           "| model | N(0, I) | GMM on all codes | Gaussian per class | GMM per class | restyle % | chosen |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    names = {"normal": 0, "fitted": 1, "class-gaussian": 2, "class-gmm": 3}
+    for m, opts in c["proxy"].items():
+        cells = ["-"] * 4
+        for o, v in opts.items():
+            if o in names:
+                acc = f" / {_pct(v['acc'])}" if v["acc"] == v["acc"] else ""  # NaN: unconditional
+                cells[names[o]] = f"{v['fd']:.2f}{acc}"
+        restyle = _pct(opts["restyle"]["acc"]) if "restyle" in opts else "-"
+        out.append(f"| {m} | " + " | ".join(cells) + f" | {restyle} | {c['chosen'][m]} |")
+    out += ["", "**Class accuracy of the samples** (%, the judge's class = the label asked for): mean over "
+            f"seeds (worst seed); target ≥ {_pct(target)} per class and overall, a miss in bold. Restyle: "
+            "every test image encoded and decoded as the next class, judged. The judge's own test accuracy "
+            "per class is the ceiling row.", "",
+            "| model (prior) | " + " | ".join(classes) + " | **overall** | restyle |",
+            "| --- | " + " | ".join("---:" for _ in classes) + " | ---: | ---: |"]
+    for m in conds:
+        r = models[m]
+        cells = [_acc_cell(r["acc_per_class"][k], r["acc_per_class_min_seed"][k], target) for k in classes]
+        overall = _acc_cell(r["acc"], r["acc_min_seed"], target)
+        out.append(f"| {m} ({r['prior']}) | " + " | ".join(cells)
+                   + f" | {overall} | {_pct(r['restyle_acc'])} |")
+    ceiling = " | ".join(_pct(j["test_acc_per_class"][k]) for k in classes)
+    out.append(f"| *judge on test images* | {ceiling} | {_pct(j['test_acc'])} | |")
+    out += ["", "**Fréchet distance per class** (judge features; class c's samples against class c's test "
+            "images; mean over seeds). A conditional model's samples of class c; an unconditional model's "
+            f"samples that the judge assigns to class c (out of {10 * c['n_per_class']}; their count per "
+            "class below). Floor: class c's training images.", "",
+            "| model (prior) | " + " | ".join(classes) + " | mean |",
+            "| --- | " + " | ".join("---:" for _ in classes) + " | ---: |"]
+    for name in [n for m in conds for n in (m, pairs[m]) if n in models]:
+        r = models[name]
+        fds = " | ".join(f"{r['fd_per_class'][k]:.2f}" for k in classes)
+        out.append(f"| {name} ({r['prior']}) | {fds} | {r['fd_mean']:.2f} |")
+    fl = c["floor"]
+    fds = " | ".join(f"{fl[k]:.2f}" for k in classes)
+    out.append(f"| *floor* | {fds} | {float(np.nanmean(list(fl.values()))):.2f} |")
+    counts = [m for m in ("vae", "gan", "aae") if m in models]
+    if counts:
+        per = "; ".join(f"{m}: " + ", ".join(f"{k}: {models[m]['assigned'][k]:.0f}" for k in classes)
+                        for m in counts)
+        out += ["", f"Unconditional samples per class (as the judge assigns them, mean over seeds): {per}."]
+    if c.get("figures"):
+        out += ["", "Samples: one row per class, the same z ~ N(0, I) down each column (the prior all three "
+                "were trained against); and restyle, a test image of each class (first column) decoded as "
+                "0..9:", ""]
+        out += [_img(fig_rel, f, 700) for f in c["figures"].values()]
     return out
 
 
@@ -261,6 +354,19 @@ def headline(results: dict[str, Any], ds: str = "mnist-10k") -> list[str]:
                          f"(×{gen[beside]['fd_ratio_to_gmm']:.2f})" if beside in gen else "")
                 rows.append(f"| {label} Fréchet ≤ 0.5 × GMM | {gen[m]['frechet']:.2f} (×{ratio:.2f})"
                             f"{other} | GMM {ref:.2f} | {'yes' if ratio <= TARGET_FD_RATIO else 'no'} |")
+    c = r.get("conditional")
+    if c:
+        target = c["target"]
+        for m in ("cvae", "cgan", "saae"):
+            if m in c["models"]:
+                v = c["models"][m]
+                worst = min(v["acc_per_class_min_seed"].values())
+                k = min(v["acc_per_class"], key=lambda k: v["acc_per_class"][k])
+                ok = worst >= target and v["acc_min_seed"] >= target
+                rows.append(f"| {m} class accuracy ≥ {_pct(target)}%, every class and seed | "
+                            f"{_pct(v['acc'])} overall; worst class {k}: {_pct(v['acc_per_class'][k])} "
+                            f"(worst seed {_pct(worst)}) | judge {_pct(c['judge']['test_acc'])} on test "
+                            f"images | {'yes' if ok else 'no'} |")
     return rows
 
 
@@ -287,7 +393,10 @@ def render(results: dict[str, Any], fig_rel: str) -> str:
             lines += ["### Generation", "", *generation_md(r["generation"], fig_rel), ""]
         if "denoising" in r:
             lines += ["### Denoising", "", *denoise_md(r["denoising"], fig_rel), ""]
-        times = {f"{sec}: {k}": v for sec in ("anomaly", "generation", "denoising") for k, v in
+        if "conditional" in r:
+            lines += ["### Conditional generation (issue 18)", "",
+                      *conditional_md(r["conditional"], fig_rel), ""]
+        times = {f"{sec}: {k}": v for sec in ("anomaly", "generation", "denoising", "conditional") for k, v in
                  (r.get(sec) or {}).get("times_s", {}).items()}
         if times:
             lines += ["<details><summary>wall times (s)</summary>", "", "| step | s |", "| --- | ---: |",

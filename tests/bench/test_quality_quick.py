@@ -67,6 +67,31 @@ def test_headline_reports_the_served_vae_prior_with_the_normal_one_beside() -> N
     assert next(r for r in rows if r.startswith("| gan")).endswith("| no |")
 
 
+def test_the_conditional_prior_is_the_closest_of_those_accurate_enough() -> None:
+    from quality_conditional import choose
+
+    proxy = {"normal": {"fd": 2.0, "acc": 0.90}, "fitted": {"fd": 3.0, "acc": 0.97},
+             "class-gaussian": {"fd": 4.0, "acc": 1.0}, "restyle": {"acc": 0.99}}
+    assert choose(proxy, conditional=True, target=0.95) == "fitted"  # normal is closer, but misses classes
+    assert choose(proxy, conditional=False, target=0.95) == "normal"
+    assert choose(proxy, conditional=True, target=1.01) == "class-gaussian"  # none meets it: most accurate
+
+
+def test_headline_reports_every_conditional_model_against_the_target() -> None:
+    from quality_report import headline
+
+    per_class = {str(c): 0.99 for c in range(10)}
+    models = {"cvae": {"acc": 0.99, "acc_min_seed": 0.98, "acc_per_class": per_class,
+                       "acc_per_class_min_seed": per_class},
+              "cgan": {"acc": 0.97, "acc_min_seed": 0.96, "acc_per_class": {**per_class, "8": 0.93},
+                       "acc_per_class_min_seed": {**per_class, "8": 0.90}}}
+    cond = {"target": 0.95, "judge": {"test_acc": 0.985}, "models": models}
+    rows = headline({"datasets": {"mnist-10k": {"conditional": cond}}})
+    assert next(r for r in rows if r.startswith("| cvae")).endswith("| yes |")
+    cgan = next(r for r in rows if r.startswith("| cgan"))
+    assert "worst class 8: 93.0 (worst seed 90.0)" in cgan and cgan.endswith("| no |")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # about a minute on 2 idle cores; far longer when the CPU is shared
 def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
@@ -76,13 +101,15 @@ def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (out / "quality.md").read_text()
     assert "(complete)" in md
-    for heading in ("## digits", "### Anomaly detection", "### Density", "### Generation", "### Denoising"):
+    for heading in ("## digits", "### Anomaly detection", "### Density", "### Generation", "### Denoising",
+                    "### Conditional generation"):
         assert heading in md
     assert "Not comparable with Inception FID" in md
     linked = re.findall(r'src="quality/([^"]+\.png)"', md)
     assert {"roc_digits.png", "latent_digits.png", "interpolation_digits.png", "denoise_digits.png",
             "samples_digits_vae-prior-gmm.png", "samples_digits_vae-prior-normal.png",
-            "samples_digits_gan.png"} <= set(linked)
+            "samples_digits_gan.png", "conditional_digits_cvae.png", "conditional_digits_cgan.png",
+            "conditional_digits_saae.png"} <= set(linked)
     for name in linked:
         png = out / "quality" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -91,9 +118,9 @@ def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
     digits = res["datasets"]["digits"]
     assert f"seed **{digits['split']['seed']}**" in md and digits["split"]["test"] > 0  # the seed is recorded
     summary = digits["anomaly"]["summary"]
-    from training.models import REGISTRY
+    from training.models import UNCONDITIONAL
 
-    for fam in REGISTRY:  # every family, with every score it offers
+    for fam in UNCONDITIONAL:  # every family, with every score it offers (conditional ones score none)
         assert {f"{fam}/recon", f"{fam}/recon-blur", f"{fam}/mahalanobis"} <= set(summary)
     assert "vae/neg-elbo" in summary and "gan/f-anogan" in summary
     for baseline in ("pca-recon", "isolation-forest", "ocsvm", "kde", "pyod-ae", "pyod-vae"):
@@ -103,3 +130,11 @@ def test_quick_run_writes_report_json_and_figures(tmp_path: Path) -> None:
     assert {"vae (prior=gmm)", "vae (prior=normal)", "beta-vae (prior=gmm)", "aae", "wae", "gan", "ae+gmm",
             "gmm-on-pca (ref)", "real held-out (floor)"} <= set(gen)
     assert set(digits["denoising"]["psnr"]) == {"gaussian σ=0.2", "gaussian σ=0.4", "salt-and-pepper 20%"}
+    cond = digits["conditional"]
+    assert set(cond["models"]) == {"cvae", "cgan", "saae", "vae", "gan", "aae"}
+    for fam in ("cvae", "cgan", "saae"):  # class accuracy per class, restyle, per-class Fréchet distances
+        r = cond["models"][fam]
+        assert set(r["acc_per_class"]) == {str(c) for c in range(10)} and 0 <= r["acc"] <= 1
+        assert 0 <= r["restyle_acc"] <= 1 and len(r["fd_per_class"]) == 10
+        assert cond["chosen"][fam] in cond["proxy"][fam]  # the prior picked on the training split
+    assert 0 < cond["judge"]["test_acc"] <= 1
