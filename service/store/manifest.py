@@ -134,7 +134,7 @@ class LatentSpec(_Strict):
         return self
 
 
-ScoreKind = Literal["reconstruction", "vae_elbo", "fanogan"]
+ScoreKind = Literal["reconstruction", "vae_elbo", "fanogan", "segmentation"]
 
 
 class MapSpec(_Strict):
@@ -291,6 +291,9 @@ class Manifest(_Strict):
             raise ValueError("capability 'anomaly-score' needs an 'anomaly' section")
         if self.anomaly is not None and self.anomaly.score == "fanogan" and "critic" not in self.graphs:
             raise ValueError("fanogan score needs a 'critic' graph")
+        if self.anomaly is not None and self.anomaly.score == "segmentation" and "segmenter" not in (
+                self.graphs):
+            raise ValueError("segmentation score needs a 'segmenter' graph")
         if "restyle" in self.capabilities and self.labels is None:
             raise ValueError("capability 'restyle' needs a label set (labels)")
         if self.labels is not None:

@@ -32,7 +32,7 @@ models_store/
       {MANIFEST_NAME}            the contract (schema below), validated by the service at load
       encoder.onnx  decoder.onnx   one ONNX graph each (opset >= 17); batch is dimension 0 and dynamic
       encoder.pt    decoder.pt     TorchScript twins (optional backend)
-      critic.onnx ...              extra graphs a family needs (the GAN's f-AnoGAN critic)
+      critic.onnx ...              extra graphs a family needs (the GAN's f-AnoGAN critic, DRAEM's segmenter)
     {STAGING_PREFIX}<uuid>/       a publish in progress: never read, never a version
     .lock                      the publisher's version-allocation lock (fcntl)
 ```

@@ -25,9 +25,13 @@ async def anomaly(
 
     encoder -> its first output (the code, or a VAE's mean) -> decoder -> x_hat; then by kind:
     reconstruction (x, x_hat), vae_elbo (x, x_hat and the encoder's mean and log-variance), fanogan (x, x_hat
-    and the critic's features of each: its output named "features", else its last)."""
+    and the critic's features of each: its output named "features", else its last), segmentation (the
+    segmenter's map of [x, x_hat], concatenated on channels: a DRAEM-style discriminative network)."""
     enc = list((await run("encoder", x)).values())
     x_hat = next(iter((await run("decoder", enc[0])).values()))
+    if kind == "segmentation":
+        pair = np.concatenate([x, np.asarray(x_hat, dtype=x.dtype)], axis=1)  # (B, 2C, H, W)
+        return segmentation(next(iter((await run("segmenter", pair)).values())))
     if kind == "reconstruction":
         return reconstruction(x, x_hat, blur_sigma=params_float(params, "blur_sigma", 0.0))
     if kind == "vae_elbo":
@@ -103,6 +107,13 @@ def fanogan(
     err = np.square(x - x_hat, dtype=np.float32)
     feat = np.square(f_x - f_x_hat, dtype=np.float32).reshape(len(x), -1).mean(axis=1)
     return err.reshape(len(x), -1).mean(axis=1) + kappa * feat, err
+
+
+def segmentation(prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A segmenter's map, p(anomalous) per pixel (B, 1, H, W), is the map; the score is its maximum (a map
+    model's manifest reduces the map instead: `anomaly.map`)."""
+    p = np.asarray(prob, dtype=np.float32)
+    return p.reshape(len(p), -1).max(axis=1), p
 
 
 def normalise(raw: np.ndarray, threshold: float, scale: float) -> np.ndarray:

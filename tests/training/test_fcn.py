@@ -33,7 +33,7 @@ def tiny(name: str = "ae", shape: tuple[int, int, int] = (1, 16, 16), seed: int 
 
 
 def test_which_families_have_it() -> None:
-    assert FCN_NAMES == ["ae", "ae-denoising", "ae-sparse-kl", "ae-sparse-l1"]
+    assert FCN_NAMES == ["ae", "ae-denoising", "ae-sparse-kl", "ae-sparse-l1", "draem"]
     for name in set(REGISTRY) - set(FCN_NAMES):
         reason = REGISTRY[name].config.no_fcn
         assert reason, name

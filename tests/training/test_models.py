@@ -120,7 +120,7 @@ def test_variants() -> None:
     assert got == {
         "ae": ("ae", "plain"), "ae-sparse-l1": ("ae", "sparse-l1"), "ae-sparse-kl": ("ae", "sparse-kl"),
         "ae-denoising": ("ae", "denoising"), "ae-contractive": ("ae", "contractive"),
-        "ae-linear": ("ae", "linear"),
+        "ae-linear": ("ae", "linear"), "draem": ("ae", "draem"),
         "vae": ("vae", "plain"), "beta-vae": ("vae", "beta"), "aae": ("aae", "plain"), "wae": ("wae", "mmd"),
         "gan": ("gan", "plain"),
         "cvae": ("vae", "conditional"), "cgan": ("gan", "conditional"), "saae": ("aae", "supervised"),

@@ -18,6 +18,7 @@ from training.models.ae_sparse import SparseKLAE, SparseKLConfig, SparseL1AE, Sp
 from training.models.base import GenerativeModel, GraphExport, ModelConfig, ModelOutput, Stage
 from training.models.cgan import CGAN, CGANConfig
 from training.models.cvae import CVAE, CVAEConfig
+from training.models.draem import Draem, DraemConfig
 from training.models.gan import GAN, GANConfig
 from training.models.saae import SAAEConfig, SupervisedAAE
 from training.models.vae import VAE, BetaVAE, BetaVAEConfig, VAEConfig
@@ -37,6 +38,7 @@ REGISTRY: dict[str, Entry] = {
     "ae-denoising": Entry(DenoisingAE, DenoisingConfig),
     "ae-contractive": Entry(ContractiveAE, ContractiveConfig),
     "ae-linear": Entry(LinearAE, LinearAEConfig),
+    "draem": Entry(Draem, DraemConfig),
     "vae": Entry(VAE, VAEConfig),
     "beta-vae": Entry(BetaVAE, BetaVAEConfig),
     "aae": Entry(AdversarialAE, AAEConfig),
