@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run train-env test models bench bench-quality bench-soak lint schema docs grpc-proto clean
+.PHONY: run train-env test models models-textures bench bench-quality bench-textures bench-soak lint schema docs \
+	grpc-proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,12 @@ test: $(VENV)/.dev
 models: $(VENV)/.train
 	$(BIN)/python -m training zoo --store models_store --fresh
 
+# The DRAEM-style texture models (draem-brick, -grass, -gravel; issue 20): apart from `make models`, whose
+# 5-minute budget they would break. bench/results/textures.md reports the time they take.
+models-textures: $(VENV)/.train
+	$(BIN)/python -m training zoo --store models_store --fresh --only draem-brick draem-grass draem-gravel \
+		--report models_store/ZOO-textures.md
+
 # Ours as shipped, then against MLServer, KServe, LitServe and BentoML (their venvs are built once into
 # runs/bench/peers-venvs: about 2 minutes the first time, printed as they build).
 bench: $(VENV)/.dev
@@ -49,6 +56,10 @@ bench: $(VENV)/.dev
 
 bench-quality: $(VENV)/.dev
 	$(BIN)/python bench/quality.py
+
+# Real-photo anomaly benchmark: ours against anomalib's DRAEM (its own venv, built once) and baselines.
+bench-textures: $(VENV)/.dev
+	$(BIN)/python bench/anomaly_textures.py
 
 bench-soak: $(VENV)/.dev
 	$(BIN)/python bench/soak.py

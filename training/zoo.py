@@ -78,7 +78,7 @@ DRAEM_TRAIN: dict[str, Any] = dict(
 )
 DRAEM_MODEL_CFG: dict[str, Any] = dict(
     backbone="fcn", channels=(16, 32, 32), latent_dim=4, res_blocks=1, norm="batch",
-    seg_channels=(16, 32, 64, 64), seg_stride=2, anomaly_source=DRAEM_SOURCE,
+    seg_channels=(16, 32, 64, 64), seg_stride=2, anomaly_blur=4.0, anomaly_source=DRAEM_SOURCE,
 )
 
 

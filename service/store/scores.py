@@ -31,7 +31,8 @@ async def anomaly(
     x_hat = next(iter((await run("decoder", enc[0])).values()))
     if kind == "segmentation":
         pair = np.concatenate([x, np.asarray(x_hat, dtype=x.dtype)], axis=1)  # (B, 2C, H, W)
-        return segmentation(next(iter((await run("segmenter", pair)).values())))
+        prob = next(iter((await run("segmenter", pair)).values()))
+        return segmentation(prob, blur_sigma=params_float(params, "blur_sigma", 0.0))
     if kind == "reconstruction":
         return reconstruction(x, x_hat, blur_sigma=params_float(params, "blur_sigma", 0.0))
     if kind == "vae_elbo":
@@ -109,10 +110,14 @@ def fanogan(
     return err.reshape(len(x), -1).mean(axis=1) + kappa * feat, err
 
 
-def segmentation(prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A segmenter's map, p(anomalous) per pixel (B, 1, H, W), is the map; the score is its maximum (a map
-    model's manifest reduces the map instead: `anomaly.map`)."""
+def segmentation(prob: np.ndarray, blur_sigma: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A segmenter's map, p(anomalous) per pixel (B, 1, H, W), is the map, gaussian-blurred (`blur_sigma`
+    pixels, as the reconstruction score's residual) when asked: a defect's pixels then score together, and
+    isolated false alarms fade. The score is the map's maximum (a map model's manifest reduces the map
+    instead: `anomaly.map`)."""
     p = np.asarray(prob, dtype=np.float32)
+    if blur_sigma > 0:
+        p = gaussian_blur(p, blur_sigma)
     return p.reshape(len(p), -1).max(axis=1), p
 
 

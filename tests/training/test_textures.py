@@ -94,3 +94,27 @@ def test_the_zoo_texture_models_are_the_example_config() -> None:
     assert zoo.zoo_names()[-3:] == ["ae-denoising-brick", "ae-denoising-grass", "ae-denoising-gravel"]
     with pytest.raises(ConfigError, match="unknown zoo models"):
         zoo.build_zoo(Path("nowhere"), only=["ae-denoising-camera"])
+
+
+def test_the_zoo_draem_models_are_the_example_config() -> None:
+    """configs/draem-texture.toml and training.zoo's DRAEM settings are one thing, and its anomaly source
+    holds none of the photographs the texture benchmark pastes as test defects."""
+    import sys
+
+    from training import zoo
+
+    spec = resolve(ROOT / "configs" / "draem-texture.toml")
+    ours = zoo.draem_spec("brick", Path("models_store"))
+    assert spec.train.model == ours.train.model == zoo.SEGMENTATION_MODEL
+    assert spec.train.name == ours.train.name == "draem-brick" and ours.train.seed == 0
+    for key, value in zoo.DRAEM_TRAIN.items():
+        assert getattr(spec.train, key) == value, key
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in spec.model.items()} == zoo.DRAEM_MODEL_CFG
+    assert zoo.draem_spec("gravel", Path("s"), seed=2).train.seed == 2
+    assert set(zoo.EXTRA_NAMES) == {"draem-brick", "draem-grass", "draem-gravel"}
+    assert not set(zoo.EXTRA_NAMES) & set(zoo.zoo_names())  # make models leaves them out
+    sys.path.insert(0, str(ROOT / "bench"))
+    import texture_defects
+
+    sources = set(zoo.DRAEM_SOURCE.split(":", 1)[1].split("+"))
+    assert sources and not sources & set(texture_defects.PASTE_SOURCES)

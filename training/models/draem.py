@@ -8,7 +8,8 @@ discriminative network trained together on synthetic anomalies, with no pretrain
 
 Served: `encoder` and `decoder` (the reconstructive autoencoder, for reconstruct, denoise and encode) and
 `segmenter`, [x, x_hat] (B, 2C, H, W) -> p(anomalous) (B, 1, H, W): the anomaly score kind "segmentation"
-(service.store.scores) runs encoder -> decoder -> segmenter, and its map is the segmenter's output. The
+(service.store.scores) runs encoder -> decoder -> segmenter, and its map is the segmenter's output (gaussian-
+blurred by the config's `anomaly_blur` pixels when set). The
 segmenter is a small U-Net whose strided convolutions round up and whose upsampling is cropped to the skip
 connection, so it runs at any H and W; with the fully convolutional backbone ("fcn") the whole model serves
 maps at an image's own size.
@@ -187,7 +188,9 @@ class Draem(AutoEncoder):
         return torch.sigmoid(self.segmenter(torch.cat([x, x_hat], dim=1)))
 
     def anomaly_score(self) -> tuple[str, dict[str, float | str]]:
-        return "segmentation", {}
+        """The segmenter's map, blurred by `anomaly_blur` pixels when it is set (service.store.scores)."""
+        blur = float(self.cfg.anomaly_blur)
+        return "segmentation", ({"blur_sigma": blur} if blur > 0 else {})
 
     def export_graphs(self) -> dict[str, GraphExport]:
         graphs = super().export_graphs()  # eval mode; encoder and decoder
