@@ -1,10 +1,13 @@
 """Inference sessions over the store's graphs, and `Runtime.infer`: the single choke point for inference.
 
-One onnxruntime `InferenceSession` (CPU execution provider) per graph of every served version, created when
-the store is opened (the store calls `Runtime.prepare` for each version it accepts, so a graph that
-onnxruntime cannot load rejects that version only). `infer` hands the feeds to the graph's batcher
-(service.batching), which runs the session on the event loop or in a worker thread (onnxruntime releases the
-GIL). Batching and metrics plug in behind `infer`; every /v1 and /v2 inference goes through it.
+One onnxruntime `InferenceSession` (CPU execution provider) per graph of every served version, and one per
+twin of a graph (its int8 or fp16 file, `GraphSpec.twins`), created when the store is opened (the store calls
+`Runtime.prepare` for each version it accepts, so a graph or twin that onnxruntime cannot load rejects that
+version only). Sessions are keyed by (model, version, graph, precision), and so are the batchers: a batch
+never mixes precisions. Which precision a request gets is service.precision's rule. `infer` hands the feeds
+to the graph's batcher (service.batching), which runs the session on the event loop or in a worker thread
+(onnxruntime releases the GIL). Batching and metrics plug in behind `infer`; every /v1 and /v2 inference
+goes through it.
 
 The optional TorchScript backend (`LATENTSERVE_BACKEND=torchscript`) imports torch lazily, in
 `_TorchScriptSession`, and only then.
@@ -19,18 +22,26 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from service import precision as precisions
 from service.batching import BatcherPool, QueueFull, batch_config_from
 from service.errors import InferenceFailed, InvalidInput, Overloaded
 from service.metrics import InferenceStats
 from service.settings import Settings
-from service.store.manifest import TensorSpec
+from service.store.manifest import GraphSpec, Precision, TensorSpec
 
 if TYPE_CHECKING:
     from service.store.repository import ModelStore, ModelVersion
 
 log = logging.getLogger(__name__)
 
-SessionKey = tuple[str, int, str]  # (model, version, graph)
+SessionKey = tuple[str, int, str, str]  # (model, version, graph, precision)
+FP32: Precision = "fp32"
+
+
+def metrics_name(key: SessionKey) -> str:
+    """The metrics' model label of a session: its V2 name `<model>.<graph>`, and `@<precision>` for a twin."""
+    name = f"{key[0]}.{key[2]}"
+    return name if key[3] == FP32 else f"{name}@{key[3]}"
 
 
 class GraphSession(Protocol):
@@ -145,36 +156,46 @@ class Runtime:
         self.stats = stats or InferenceStats()  # Triton-named metrics, labelled by V2 name <model>.<graph>
         # One queue per graph, labelled by V2 name and version; a replaced session gets a fresh one.
         self._batchers = BatcherPool(batch_config_from(settings), self.stats, alone,
-                                     labels=lambda key: (f"{key[0]}.{key[2]}", str(key[1])))
+                                     labels=lambda key: (metrics_name(key), str(key[1])))
+
+    def files(self, spec: GraphSpec) -> dict[Precision, str]:
+        """The file each precision of a graph runs from on this backend: TorchScript serves FP32 only."""
+        if self.settings.backend == "torchscript":
+            return {FP32: spec.torchscript or ""}
+        return {FP32: spec.file} | {p: t.file for p, t in (spec.twins or {}).items()}
 
     def prepare(self, mv: ModelVersion) -> None:
-        """Create the sessions of every graph of `mv` (idempotent). Raises when a graph cannot be loaded, and
-        then changes nothing: a version that served keeps its sessions (service.store.repository)."""
+        """Create the sessions of every graph of `mv`, and of its twins (idempotent). Raises when a graph or
+        twin cannot be loaded, and then changes nothing: a version that served keeps its sessions
+        (service.store.repository)."""
         made: dict[SessionKey, tuple[GraphSession, str]] = {}
         for gname, spec in mv.manifest.graphs.items():
-            key = (mv.name, mv.version, gname)
-            digest = mv.manifest.files.get(spec.torchscript if self.settings.backend == "torchscript"
-                                           and spec.torchscript else spec.file, "")
-            if key in self._sessions and self._digests.get(key) == digest:
-                continue
-            got = self._make_session(mv, gname)
-            ins = [t.name for t in spec.inputs]
-            outs = [t.name for t in spec.outputs]
-            if got.input_names != ins or got.output_names != outs:
-                raise ValueError(
-                    f"graph {gname!r}: file has inputs {got.input_names} outputs {got.output_names}, "
-                    f"manifest says {ins} {outs}"
-                )
-            made[key] = (got, digest)
-        took = warm_up(mv, {key[2]: got for key, (got, _) in made.items()}) if made and self.settings.warmup \
-            else {}
+            for prec, file in self.files(spec).items():
+                key: SessionKey = (mv.name, mv.version, gname, prec)
+                digest = mv.manifest.files.get(file, "")
+                if key in self._sessions and self._digests.get(key) == digest:
+                    continue
+                got = self._make_session(mv, gname, prec, file)
+                ins = [t.name for t in spec.inputs]
+                outs = [t.name for t in spec.outputs]
+                if got.input_names != ins or got.output_names != outs:
+                    raise ValueError(
+                        f"graph {gname!r}{'' if prec == FP32 else f' ({prec} twin)'}: file has inputs "
+                        f"{got.input_names} outputs {got.output_names}, manifest says {ins} {outs}"
+                    )
+                made[key] = (got, digest)
+        took: dict[SessionKey, float] = {}
+        if made and self.settings.warmup:  # per precision: a twin decoder gets its twin encoder's code
+            for at in dict.fromkeys(key[3] for key in made):
+                runs = warm_up(mv, {key[2]: got for key, (got, _) in made.items() if key[3] == at})
+                took |= {(mv.name, mv.version, g, at): s for g, s in runs.items()}
         for key, (got, digest) in made.items():
             self._sessions[key] = got
             self._digests[key] = digest
-            if key[2] in took:
-                self._warm_s[key] = took[key[2]]
+            if key in took:
+                self._warm_s[key] = took[key]
 
-    def _make_session(self, mv: ModelVersion, gname: str) -> GraphSession:
+    def _make_session(self, mv: ModelVersion, gname: str, prec: Precision, file: str) -> GraphSession:
         spec = mv.manifest.graphs[gname]
         if self.settings.backend == "torchscript":
             if spec.torchscript is None:
@@ -186,9 +207,10 @@ class Runtime:
                 self.settings,
             )
         try:
-            return _OnnxSession(str(mv.file(spec.file)), self.settings)
+            return _OnnxSession(str(mv.file(file)), self.settings)
         except Exception as exc:  # onnxruntime raises its own exception types; say which graph failed
-            raise ValueError(f"graph {gname!r}: onnxruntime cannot load {spec.file}: {exc}") from exc
+            what = "" if prec == FP32 else f" ({prec} twin)"
+            raise ValueError(f"graph {gname!r}{what}: onnxruntime cannot load {file}: {exc}") from exc
 
     def retain(self, store: ModelStore) -> None:
         """Drop sessions of versions the store no longer serves (after a reload)."""
@@ -198,22 +220,39 @@ class Runtime:
             self._digests.pop(key, None)
             self._warm_s.pop(key, None)
 
-    def session(self, mv: ModelVersion, graph: str) -> GraphSession:
+    def session(self, mv: ModelVersion, graph: str, precision: Precision = FP32) -> GraphSession:
         try:
-            return self._sessions[(mv.name, mv.version, graph)]
+            return self._sessions[(mv.name, mv.version, graph, precision)]
         except KeyError:
-            raise InferenceFailed(f"no session for graph {graph!r} of {mv.name} v{mv.version}") from None
+            at = "" if precision == FP32 else f" at {precision}"
+            raise InferenceFailed(f"no session for graph {graph!r} of {mv.name} v{mv.version}{at}") from None
+
+    def precision(self, mv: ModelVersion, asked: object = None, graphs: Iterable[str] | None = None
+                  ) -> Precision:
+        """The precision a request to `mv` (or to `graphs` of it) runs at: service.precision's rule, with this
+        server's default and backend."""
+        return precisions.choose(mv, asked, self.settings.precision, graphs, self.settings.backend)
+
+    def precisions(self, mv: ModelVersion, graph: str | None = None) -> list[Precision]:
+        """What this server serves of `mv` (or of one graph of it): "fp32", and twins on the onnx backend."""
+        return precisions.available(mv, None if graph is None else (graph,), self.settings.backend)
+
+    def at(self, precision: Precision | None) -> AtPrecision:
+        """This runtime as a runner (service.ops.Runner) whose every inference runs at `precision`."""
+        return AtPrecision(self, precision)
 
     def keys(self) -> Iterable[SessionKey]:
         return list(self._sessions)
 
     async def infer(
-        self, mv: ModelVersion, graph: str, feeds: dict[str, np.ndarray]
+        self, mv: ModelVersion, graph: str, feeds: dict[str, np.ndarray], precision: Precision | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one graph on `feeds` (batched, inline or in a worker thread); outputs by name. The one door to
-        inference."""
-        sess = self.session(mv, graph)
-        key = (mv.name, mv.version, graph)
+        inference. `precision` None: the model's default (the setting, where the model has that twin)."""
+        if precision is None:  # the setting's, where the model has that twin (FP32: nothing to look up)
+            precision = FP32 if self.settings.precision == FP32 else self.precision(mv)
+        sess = self.session(mv, graph, precision)
+        key = (mv.name, mv.version, graph, precision)
         batcher = self._batchers.get(key, sess, self._warm_s.get(key))
         label, version = batcher.model, batcher.version
         start = time.perf_counter()
@@ -233,3 +272,17 @@ class Runtime:
             raise InferenceFailed(f"{graph} of {mv.name} v{mv.version} failed: {type(exc).__name__}") from exc
         self.stats.request(label, version, time.perf_counter() - start)
         return out
+
+
+class AtPrecision:
+    """A runtime whose inferences all run at one precision (None: the model's default): what an operation
+    gets as its runner, so that every graph of one request runs at the precision the request chose."""
+
+    __slots__ = ("precision", "runtime")
+
+    def __init__(self, runtime: Runtime, precision: Precision | None) -> None:
+        self.runtime, self.precision = runtime, precision
+
+    async def infer(self, mv: ModelVersion, graph: str, feeds: dict[str, np.ndarray]
+                    ) -> dict[str, np.ndarray]:
+        return await self.runtime.infer(mv, graph, feeds, self.precision)

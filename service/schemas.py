@@ -199,6 +199,9 @@ class ModelSummary(BaseModel):
     capabilities: list[str]
     labels: list[str] | None = Field(
         default=None, description="a conditional model's classes, by index: what `label` may name")
+    precisions: list[str] = Field(
+        default=["fp32"], description="what `precision` may name: fp32, and the twins (int8, fp16) that "
+        "every graph of the model has")
 
 
 class StoreProblemOut(BaseModel):
@@ -220,6 +223,9 @@ class ModelsResponse(BaseModel):
 class GraphOut(BaseModel):
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    twins: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="precision -> the graph's twin at that precision: its file, how it was "
+        "made, and its check against FP32 (what it was measured on, max abs diff, SNR, the bound it passed)")
 
 
 class AnomalyOut(BaseModel):

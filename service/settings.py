@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     backend: Literal["onnx", "torchscript"] = Field(
         default="onnx", description="torchscript imports torch lazily, and only then"
     )
+    # FP32 by default: it is what the export parity gate vouches for (1e-4 of torch) and what the anomaly
+    # thresholds were calibrated on. A twin's answers differ by its recorded check, so serving them is the
+    # operator's choice (or a request's: `precision`); a model without the twin serves FP32.
+    precision: Literal["fp32", "int8", "fp16"] = Field(
+        default="fp32", description="graphs' precision for requests that name none: fp32, or a twin's where "
+        "the model has it")
     # One thread per session: our models are small and concurrency comes from the thread pool;
     # raise it for big conv models served one request at a time.
     intra_op_threads: int = Field(

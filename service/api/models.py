@@ -25,6 +25,7 @@ def summary(store: ModelStore, mv: ModelVersion) -> dict[str, Any]:
         "latent_dim": m.latent.dim,
         "capabilities": list(m.capabilities),
         "labels": None if m.labels is None else list(m.labels.names),
+        "precisions": m.precisions(),
     }
 
 
@@ -39,7 +40,8 @@ def detail(store: ModelStore, mv: ModelVersion) -> dict[str, Any]:
         "preprocessing": m.data.preprocessing,
         "prior": m.latent.prior.kind,
         "graphs": {
-            g: {"inputs": [t.model_dump() for t in s.inputs], "outputs": [t.model_dump() for t in s.outputs]}
+            g: {"inputs": [t.model_dump() for t in s.inputs], "outputs": [t.model_dump() for t in s.outputs],
+                "twins": None if not s.twins else {p: t.model_dump() for p, t in s.twins.items()}}
             for g, s in m.graphs.items()
         },
         "anomaly": None

@@ -42,16 +42,38 @@ from service.store import scores
 from service.store.repository import ModelVersion
 
 
-class GridQuery(BaseModel):
-    """How one PNG grid is laid out (with `Accept: image/png`)."""
+class PrecisionQuery(BaseModel):
+    """The precision the request runs at (every /v1 operation takes it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    precision: str | None = Field(
+        default=None, max_length=16, description="fp32, or a twin the model has (int8, fp16: GET "
+        "/v1/models/{name} lists them); default: the server's setting where the model has it, else fp32")
+
+
+class GridQuery(PrecisionQuery):
+    """How one PNG grid is laid out (with `Accept: image/png`)."""
+
     columns: int | None = Field(default=None, ge=1, le=256,
                                 description="grid width in tiles (Accept: image/png)")
     scale: int = Field(default=1, ge=1, le=16, description="upscale factor of each tile (Accept: image/png)")
 
 
 # --- helpers ------------------------------------------------------------------------------------
+def runner(call: Call, mv: ModelVersion) -> ops.Runner:
+    """The runtime at the precision this request runs at: its `precision` query parameter (a 422 listing the
+    model's precisions when it has not that one), else the server's default (service.precision)."""
+    asked = call.query.precision if isinstance(call.query, PrecisionQuery) else None
+    rt = call.runtime
+    return rt.at(None if asked is None else rt.precision(mv, asked))
+
+
+def model_at(call: Call) -> tuple[ModelVersion, ops.Runner]:
+    """The model version the path names, and the runner its graphs run on for this request."""
+    mv = call.model()
+    return mv, runner(call, mv)
+
+
 async def images_of(call: Call, value: Any, mv: ModelVersion, body: Any, what: str = "images"
                     ) -> ParsedImages:
     """The request's images in the model's format (`body` carries strict and fit)."""
@@ -113,15 +135,15 @@ async def endpoint(call: Call, value: Any, mv: ModelVersion, body: InterpolateRe
 # --- operations ---------------------------------------------------------------------------------
 async def encode(call: Call, body: EncodeRequest) -> Response:
     """Encode images to latent means (and log-variances for VAEs)."""
-    mv = call.model()
+    mv, rt = model_at(call)
     x = await images_of(call, body.images, mv, body)
-    res = await ops.encode(call.runtime, mv, x.array, label_of(mv, body.label, len(x.array)))
+    res = await ops.encode(rt, mv, x.array, label_of(mv, body.label, len(x.array)))
     return json_answer(mv, mean=res.mean, logvar=res.logvar, converted=x.converted)
 
 
 async def decode(call: Call, body: DecodeRequest) -> Response:
     """Decode latent codes to images."""
-    mv = call.model()
+    mv, rt = model_at(call)
     try:
         z = np.asarray(body.latents, dtype=np.float64)  # ops.check_latents makes it float32
     except OverflowError as exc:
@@ -130,20 +152,20 @@ async def decode(call: Call, body: DecodeRequest) -> Response:
         raise InvalidInput("latents must be a rectangular (N, latent_dim) array of numbers") from exc
     if z.ndim == 2 and len(z) > call.settings.max_items:
         raise PayloadTooLarge(f"{len(z)} latents in one request; the limit is {call.settings.max_items}")
-    images = await ops.decode(call.runtime, mv, z, label_of(mv, body.label))
+    images = await ops.decode(rt, mv, z, label_of(mv, body.label))
     return images_answer(call, mv, images, body.format)
 
 
 async def sample(call: Call, body: SampleRequest) -> Response:
     """Draw n images from the model's prior; the same seed gives the same bytes. A conditional model draws
     the classes asked for: `{"n": 16, "label": 7}` is sixteen 7s."""
-    mv = call.model()
+    mv, rt = model_at(call)
     n = body.n
     if isinstance(body.label, list) and "n" not in body.model_fields_set:
         n = len(body.label)
     if n > call.settings.max_items:
         raise PayloadTooLarge(f"n={n} is above the limit of {call.settings.max_items} items per request")
-    res = await ops.sample(call.runtime, mv, n, body.seed, body.temperature, label_of(mv, body.label, n),
+    res = await ops.sample(rt, mv, n, body.seed, body.temperature, label_of(mv, body.label, n),
                            body.shared_style)
     extra: dict[str, Any] = {} if res.labels is None else {"labels": labels.names(mv, res.labels)}
     return images_answer(call, mv, res.images, body.format, seed=res.seed, latents=res.latents, **extra)
@@ -152,7 +174,7 @@ async def sample(call: Call, body: SampleRequest) -> Response:
 async def interpolate(call: Call, body: InterpolateRequest) -> Response:
     """Images along a linear or spherical path between two latents or two images; a conditional model's
     path holds one class, or moves between two (`label: [from, to]`), at a fixed style without ends."""
-    mv = call.model()
+    mv, rt = model_at(call)
     between, seed = _between(mv, body.label), None
     if body.start is None or body.end is None:
         if body.start is not None or body.end is not None or between is None or between[0] == between[1]:
@@ -165,7 +187,7 @@ async def interpolate(call: Call, body: InterpolateRequest) -> Response:
     else:
         a, conv_a = await endpoint(call, body.start, mv, body, "start")
         b, conv_b = await endpoint(call, body.end, mv, body, "end")
-    res = await ops.interpolate(call.runtime, mv, a, b, body.steps, body.method, between)
+    res = await ops.interpolate(rt, mv, a, b, body.steps, body.method, between)
     columns = call.query.columns if isinstance(call.query, GridQuery) else None
     extra: dict[str, Any] = {} if between is None else {"labels": labels.names(mv, np.array(between))}
     if seed is not None:
@@ -187,11 +209,11 @@ def _between(mv: ModelVersion, value: Any) -> tuple[int, int] | None:
 async def restyle(call: Call, body: RestyleRequest) -> Response:
     """Each image in its own style, drawn as another class (or as every class). PNG grid: one row per image,
     the image first."""
-    mv = call.model()
+    mv, rt = model_at(call)
     ops.require(mv, "restyle")
     x = await images_of(call, body.images, mv, body)
     n = len(x.array)
-    res = await ops.restyle(call.runtime, mv, x.array, label_of(mv, body.label, n),
+    res = await ops.restyle(rt, mv, x.array, label_of(mv, body.label, n),
                             label_of(mv, body.source_label, n, "source_label"))
     per_row = len(res.images) // n
     grid = np.concatenate([np.concatenate([x.array[i:i + 1], res.images[i * per_row:(i + 1) * per_row]])
@@ -203,29 +225,28 @@ async def restyle(call: Call, body: RestyleRequest) -> Response:
 
 async def reconstruct(call: Call, body: ReconstructRequest) -> Response:
     """Reconstruct images through the autoencoder, with the per-image error. PNG grid: inputs over outputs."""
-    mv = call.model()
+    mv, rt = model_at(call)
     x = await images_of(call, body.images, mv, body)
-    res = await ops.reconstruct(call.runtime, mv, x.array, label_of(mv, body.label, len(x.array)))
+    res = await ops.reconstruct(rt, mv, x.array, label_of(mv, body.label, len(x.array)))
     return images_answer(call, mv, res.images, body.format, np.concatenate([x.array, res.images]),
                          columns=len(x.array), mse=res.mse, converted=x.converted)
 
 
 async def denoise(call: Call, body: DenoiseRequest) -> Response:
     """Clean estimates of images, optionally corrupted here first. PNG grid: inputs over outputs."""
-    mv = call.model()
+    mv, rt = model_at(call)
     x = await images_of(call, body.images, mv, body)
     noise = None if body.noise is None else ops.NoiseSpec(body.noise.kind, body.noise.level, body.noise.seed)
-    res = await ops.denoise(call.runtime, mv, x.array, noise, label_of(mv, body.label, len(x.array)))
+    res = await ops.denoise(rt, mv, x.array, noise, label_of(mv, body.label, len(x.array)))
     shown = x.array if res.noisy is None else res.noisy
     noisy = None if res.noisy is None else encode_images(res.noisy, body.format, mv)
     return images_answer(call, mv, res.images, body.format, np.concatenate([shown, res.images]),
                          columns=len(x.array), noisy=noisy, converted=x.converted)
 
 
-class AnomalyQuery(BaseModel):
+class AnomalyQuery(PrecisionQuery):
     """What one PNG shows (with `Accept: image/png`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     view: Literal["overlay", "mask", "map"] = Field(
         default="overlay", description="Accept: image/png: the map over the image (with region boxes), the "
         "mask, or the map alone")
@@ -237,7 +258,7 @@ MAX_JSON_MAP_PIXELS = 1 << 20  # maps as JSON numbers beyond this, summed over a
 async def anomaly_score(call: Call, body: AnomalyScoreRequest) -> Response:
     """Anomaly scores with maps at each image's own resolution: raw and normalised scores (the threshold
     used maps to 0.5), is_anomaly; with a pixel threshold, masks and regions; thresholds a request may set."""
-    mv = call.model()
+    mv, rt = model_at(call)
     ops.require(mv, "anomaly-score")
     spec = mv.manifest.anomaly
     assert spec is not None  # the manifest validator guarantees it for this capability
@@ -246,7 +267,7 @@ async def anomaly_score(call: Call, body: AnomalyScoreRequest) -> Response:
     png_answer = call.wants_png()
     if png_answer and len(x.items) != 1:
         raise InvalidInput(f"a PNG answer shows one image; this request has {len(x.items)} (ask for JSON)")
-    found = await anomaly.score_images(mv, x.items, x.fits, ops.graph_runner(call.runtime, mv), th)
+    found = await anomaly.score_images(mv, x.items, x.fits, ops.graph_runner(rt, mv), th)
     if png_answer:
         view = call.query.view if isinstance(call.query, AnomalyQuery) else "overlay"
         return Response(_picture(x, found[0], th, view, mv), media_type="image/png")
@@ -287,7 +308,7 @@ async def _legacy_heatmaps(call: Call, mv: ModelVersion, x: ParsedImages, found:
     if mv.manifest.spatial is not None:
         h = [f.map[None] for f in found]
     else:
-        h = list((await ops.anomaly_score(call.runtime, mv, x.array, heatmap=True)).heatmaps)  # type: ignore[arg-type]
+        h = list((await ops.anomaly_score(runner(call, mv), mv, x.array, heatmap=True)).heatmaps)  # type: ignore[arg-type]
     if fmt != "png":
         return [np.ascontiguousarray(a) for a in h]
     out = []

@@ -36,7 +36,7 @@ V1_OPERATIONS = tuple(op for op, *_ in _V1)
 
 TABLE: list[Row] = [
     *(Row(f"/v1/models/{{name}}{at}/{op}", request, operation, response,
-          query=(ops.AnomalyQuery if op == "anomaly-score" else ops.GridQuery) if png else None,
+          query=(ops.AnomalyQuery if op == "anomaly-score" else ops.GridQuery) if png else ops.PrecisionQuery,
           forms=forms, png=png,
           operation_id=operation.__name__ + suffix)
       for op, request, operation, response, forms, png in _V1

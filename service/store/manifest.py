@@ -9,6 +9,7 @@ does not validate. The JSON Schema in `models_store/README.md` is generated from
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -51,8 +52,47 @@ class TensorSpec(_Strict):
     shape: list[int]
 
 
+def _check_file_name(v: str | None) -> str | None:
+    if v is not None and (not v or "/" in v or "\\" in v or v.startswith(".")):
+        raise ValueError(f"graph file must be a plain file name inside the version folder, got {v!r}")
+    return v
+
+
+#: The precision a graph runs at: its own FP32 file, or a twin (`GraphSpec.twins`) made from it.
+Precision = Literal["fp32", "int8", "fp16"]
+TwinPrecision = Literal["int8", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")
+
+
+class TwinCheck(_Strict):
+    """How far a twin's outputs are from its FP32 graph's, measured on the same inputs before publishing (a
+    twin that misses its bound is not published). A model's whole-path numbers at this precision (e.g. its
+    reconstruction PSNR against FP32's) are in `metrics`, prefixed with the precision."""
+
+    measured_on: str = Field(description="the inputs the check ran on, in words")
+    n: int = Field(gt=0, description="inputs (batch rows) measured")
+    max_abs_diff: float = Field(ge=0, description="largest |twin - FP32| over every output")
+    snr_db: float = Field(description="first output: 10 log10(sum FP32^2 / sum (twin - FP32)^2)")
+    bound: str = Field(description="the rule the twin had to pass to be published, in words")
+
+
+class TwinSpec(_Strict):
+    """A graph's reduced-precision twin: the same inputs and outputs (float32 at the boundary), another
+    file. The service serves it when asked (a setting, or a request's `precision`)."""
+
+    file: str = Field(description="ONNX file name inside the version folder")
+    precision: TwinPrecision
+    method: str = Field(description="how it was made, in words (quantization scheme, calibration data)")
+    check: TwinCheck
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file_name(cls, v: str) -> str:
+        return _check_file_name(v)  # type: ignore[return-value]
+
+
 class GraphSpec(_Strict):
-    """One ONNX graph (and its optional TorchScript twin) of a model."""
+    """One ONNX graph (and its optional TorchScript and reduced-precision twins) of a model."""
 
     file: str = Field(description="ONNX file name inside the version folder")
     torchscript: str | None = Field(
@@ -60,13 +100,22 @@ class GraphSpec(_Strict):
     )
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    twins: dict[TwinPrecision, TwinSpec] | None = Field(
+        default=None, description="precision -> an ONNX twin at that precision (e.g. int8), with its check")
 
     @field_validator("file", "torchscript")
     @classmethod
     def _plain_file_name(cls, v: str | None) -> str | None:
-        if v is not None and (not v or "/" in v or "\\" in v or v.startswith(".")):
-            raise ValueError(f"graph file must be a plain file name inside the version folder, got {v!r}")
-        return v
+        return _check_file_name(v)
+
+    @model_validator(mode="after")
+    def _twins_consistent(self) -> GraphSpec:
+        for p, twin in (self.twins or {}).items():
+            if twin.precision != p:
+                raise ValueError(f"twin {p!r} says its precision is {twin.precision!r}")
+            if twin.file in (self.file, self.torchscript):
+                raise ValueError(f"twin {p!r} must have a file of its own, not {twin.file!r}")
+        return self
 
 
 class DataSpec(_Strict):
@@ -274,7 +323,7 @@ class Manifest(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         for gname, g in self.graphs.items():
-            for f in (g.file, g.torchscript):
+            for f in (g.file, g.torchscript, *(t.file for t in (g.twins or {}).values())):
                 if f is not None and f not in self.files:
                     raise ValueError(f"graph {gname!r} file {f!r} has no sha256 in files")
         needs = {
@@ -310,6 +359,12 @@ class Manifest(_Strict):
             if self.data.shape[1] % self.spatial.multiple or self.data.shape[2] % self.spatial.multiple:
                 raise ValueError("the training crop (data.shape) must be a multiple of spatial.multiple")
         return self
+
+    def precisions(self, graphs: Iterable[str] | None = None) -> list[Precision]:
+        """"fp32", then every twin precision that each of `graphs` (default: all of them) has."""
+        names = list(self.graphs) if graphs is None else list(graphs)
+        twins = [set((self.graphs[g].twins or {}) if g in self.graphs else ()) for g in names]
+        return ["fp32", *(p for p in PRECISIONS[1:] if twins and all(p in t for t in twins))]
 
     @property
     def has_logvar(self) -> bool:

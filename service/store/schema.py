@@ -33,6 +33,7 @@ models_store/
       encoder.onnx  decoder.onnx   one ONNX graph each (opset >= 17); batch is dimension 0 and dynamic
       encoder.pt    decoder.pt     TorchScript twins (optional backend)
       critic.onnx ...              extra graphs a family needs (the GAN's f-AnoGAN critic, DRAEM's segmenter)
+      decoder.int8.onnx ...        reduced-precision twins (optional: graphs.<graph>.twins, with their checks)
     {STAGING_PREFIX}<uuid>/       a publish in progress: never read, never a version
     .lock                      the publisher's version-allocation lock (fcntl)
 ```

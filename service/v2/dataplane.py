@@ -10,8 +10,9 @@ What lives here, so that the two cannot drift apart:
     metadata     tensor names, datatypes and shapes read from the session that serves the graph
     config       a Triton-style model configuration
     infer        input checks as Triton does them (exact names, the model's datatype with no silent casts, its
-                 rank and fixed dimensions), output selection, then `Runtime.infer` (the batcher, the limits,
-                 the nv_inference_* metrics); a request refused for its input counts as a failure (OTHER)
+                 rank and fixed dimensions), output selection, the request parameter `precision` (fp32 or a
+                 twin the graph has: service.precision), then `Runtime.infer` (the batcher, the limits, the
+                 nv_inference_* metrics); a request refused for its input counts as a failure (OTHER)
     repository   the index, load and unload (the in-memory catalog: an unload over gRPC is seen over HTTP)
 
 The adapters decode tensors themselves (JSON, binary extension, protobuf contents) into a
@@ -153,6 +154,9 @@ class DataPlane:
                                "max_batch_size": settings.max_batch_size, "input": tensors(meta.inputs),
                                "output": tensors(meta.outputs)}
         params = label_parameters(target.mv, target.graph)
+        precisions = self.runtime.precisions(target.mv, target.graph)
+        if len(precisions) > 1:  # twins: what the request parameter `precision` may name
+            params["precisions"] = ",".join(precisions)
         if params:
             cfg["parameters"] = {k: {"string_value": v} for k, v in params.items()}
         if settings.batching:
@@ -178,10 +182,11 @@ class DataPlane:
                 unknown = [o.name for o in req.outputs if o.name not in known]
                 if unknown:
                     raise InvalidInput(f"model {name!r} has no outputs {unknown}; it has {sorted(known)}")
+            precision = runtime.precision(target.mv, req.parameters.get("precision"), (target.graph,))
         except InvalidInput:
             runtime.stats.request(name, target.version, time.perf_counter() - start, reason="OTHER")
             raise
-        outputs = await runtime.infer(target.mv, target.graph, req.inputs)
+        outputs = await runtime.infer(target.mv, target.graph, req.inputs, precision)
         return Inference(target, req, outputs)
 
     # --- repository ---------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def _slow_decoder(app: Any, model: str) -> tuple[threading.Event, threading.Even
     rt, gate, started = app.state.runtime, threading.Event(), threading.Event()
     real = rt.session
     slow = _Slow(real(app.state.store.get(model), "decoder"), gate, started)
-    rt.session = lambda mv, graph: slow if graph == "decoder" else real(mv, graph)
+    rt.session = lambda mv, graph, *at: slow if graph == "decoder" else real(mv, graph, *at)
     return gate, started
 
 

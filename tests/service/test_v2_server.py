@@ -291,7 +291,7 @@ def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
                 return self.inner.run(feeds)
 
         slow = Slow(real(app.state.store.get("slow-ae"), "decoder"))
-        rt.session = lambda mv, graph: slow if graph == "decoder" else real(mv, graph)
+        rt.session = lambda mv, graph, *at: slow if graph == "decoder" else real(mv, graph, *at)
         body = {"inputs": [{"name": "z", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]}
 
         async def main() -> list[httpx.Response]:
