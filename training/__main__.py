@@ -2,6 +2,7 @@
 
     python -m training fit CONFIG.toml [--field value ...] [--model.field value ...]
     python -m training zoo [--store DIR] [--fresh] [--runs DIR]
+    python -m training quantize MODEL ... [--store DIR] [--precision int8 fp16] [--version N]
 
 fit and zoo need torch and the rest of the `train` extra (`make train-env`). Without them, any command but
 export-triton (which reads the store through service.store only), and --help, print one line that says how to
@@ -93,8 +94,31 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- quantize -------------------------------------------------------------------------------------------
+
+
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", help="published model names")
+    p.add_argument("--store", type=Path, default=Path("models_store"))
+    p.add_argument("--precision", nargs="+", default=["int8"], choices=["int8", "fp16"],
+                   help="twins to make (default: int8)")
+    p.add_argument("--version", type=int, default=None, help="the version to start from (default: latest)")
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from training import quantize
+
+    for name in args.models:
+        path = quantize.publish_twins(args.store, name, args.precision, args.version)
+        print(path)  # noqa: T201 - where each new version went, as fit prints it
+    return 0
+
+
 register("fit", Command("train, calibrate, export and publish one model", _fit_args, _fit))
 register("zoo", Command("build the default model zoo on digits into the store", _zoo_args, _zoo))
+register("quantize", Command("publish a new version of a model with int8 (or fp16) twins of its graphs, "
+                             "calibrated on its training data and checked against FP32", _quantize_args,
+                             _quantize))
 
 
 def _load_plugins() -> None:

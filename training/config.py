@@ -87,6 +87,10 @@ class TrainConfig:
     min_region_pixels: int = 16  # smaller connected parts of the mask are not regions
     tile: int | None = None  # the service's tile side for larger images; None: 256, or 4 overlaps if larger
     overlap: int | None = None  # pixels shared by neighbouring tiles; None: 8 latent cells (8 * 2**k)
+    # --- reduced-precision twins (training.quantize): ONNX files beside the FP32 graphs, made after the
+    # parity check (int8 calibrated on training images) and published only when they pass their own check
+    # against FP32 on the validation images; the service serves one when a setting or a request asks for it
+    twins: tuple[Literal["int8", "fp16"], ...] = ()
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -103,6 +107,8 @@ class TrainConfig:
             value = getattr(self, field_name)
             if value is not None and value < 1:
                 raise ConfigError(f"{field_name} must be >= 1 (or left out), got {value}")
+        if len(set(self.twins)) != len(self.twins):
+            raise ConfigError(f"twins names a precision twice: {list(self.twins)}")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.crops_per_image < 1 or self.min_region_pixels < 1:

@@ -373,6 +373,10 @@ def _finish(model: GenerativeModel, spec: RunSpec, trained_on: Splits | CropSpli
         return PipelineResult(name, m, None, metrics, model)
     with Staging(cfg.store, name) as stage:
         exported = export_model(model, stage.path, real, real_labels=real_y)  # ParityError: nothing published
+        if cfg.twins:  # int8 / fp16 twins of the graphs just exported, each checked against them
+            from training import quantize
+            exported = quantize.add_twins(exported, stage.path, cfg.twins, quantize.twin_data(
+                splits.train.x, splits.val.x, dataset, cfg.crop is not None, data_spec.value_range, anomaly))
         metrics.update(exported.metrics)
         path = stage.commit(manifest)
     published = Manifest.model_validate_json((path / "manifest.json").read_text())

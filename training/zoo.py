@@ -56,6 +56,7 @@ TEXTURE_TRAIN: dict[str, Any] = dict(
     crop=64, crops_per_image=8, epoch_crops=1024, batch_size=32, epochs=8, patience=4, scale_jitter=0.3,
     split=(0.75, 0.25, 0.0),  # of the 8 tiles of 128x128: 6 to train on, 2 to validate and calibrate on
     seed=0, device="cpu", progress=False, threads=1,
+    twins=("int8",),  # int8 graphs beside the FP32 ones (speed and quality: bench/results/quantized.md)
 )
 #: Their model settings (configs/fcn-texture.toml's [model]).
 TEXTURE_MODEL_CFG: dict[str, Any] = dict(
