@@ -74,7 +74,7 @@ SEGMENTATION_MODEL = "draem"
 #: The anomaly source: scikit-image photographs that none of the benchmark's test defects come from.
 DRAEM_SOURCE = "skimage:rocket+coins+moon+page+hubble_deep_field+retina+cell+immunohistochemistry"
 DRAEM_TRAIN: dict[str, Any] = dict(
-    crop=64, crops_per_image=8, epoch_crops=512, batch_size=16, epochs=16, patience=100, scale_jitter=0.3,
+    crop=64, crops_per_image=8, epoch_crops=512, batch_size=16, epochs=24, patience=100, scale_jitter=0.3,
     split=(0.75, 0.25, 0.0), seed=0, device="cpu", progress=False, threads=1,
 )
 DRAEM_MODEL_CFG: dict[str, Any] = dict(
