@@ -317,7 +317,7 @@ class ThresholdsOut(BaseModel):
 
 
 class AnomalyScoreResponse(_Answer):
-    score: str = Field(description="score kind: reconstruction, vae_elbo or fanogan")
+    score: str = Field(description="score kind: reconstruction, vae_elbo, fanogan or segmentation")
     raw: list[float]
     normalised: list[float] = Field(description="logistic map of raw; the threshold used maps to 0.5")
     threshold: float = Field(description="the image threshold used (see `thresholds`)")

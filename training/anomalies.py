@@ -99,8 +99,8 @@ def skimage_photo(name: str, channels: int) -> np.ndarray:
         raise DataError(f"skimage anomaly source {name!r}: one of {', '.join(SKIMAGE_PHOTOS)}")
     from skimage import data
 
-    a = np.asarray(data.motorcycle()[0] if name == "motorcycle" else getattr(data, name)(), dtype=np.float32)
-    a = a / (255.0 if a.max() > 1.0 else 1.0)
+    raw = np.asarray(data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)())
+    a = raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0)  # uint8, or horse's booleans
     if a.ndim == 3:
         a = a[..., :3]
         grey = a @ np.asarray([0.299, 0.587, 0.114], np.float32)

@@ -32,7 +32,8 @@ ZOO = Path(__file__).resolve().parents[2] / "models_store"
 
 def _feed_shape(path: Path, graph: str, dims: list[int]) -> tuple[int, ...]:
     """A tensor's shape without the batch dimension. Fully convolutional graphs have dynamic sizes: an image
-    of the manifest's size for the encoder and critic, the encoder's code of that image for the decoder."""
+    of the manifest's size for the encoder and critic (a segmenter's pair of images: its own channels), the
+    encoder's code of that image for the decoder."""
     if all(d >= 0 for d in dims[1:]):
         return tuple(dims[1:])
     m = json.loads((path.parent / "manifest.json").read_text())
