@@ -35,6 +35,10 @@ from training.models.gan import GAN, GANConfig
 
 @dataclass(frozen=True)
 class CGANConfig(GANConfig):
+    # two critic steps per generator step, the GAN's one: D must also learn the classes (digits,
+    # training-split proxy, 3 seeds: samples of the class asked for 95.3% with 1 step, 97.2% with 2, and
+    # a Fréchet distance of 2.6 against 4.3)
+    disc_steps: int = 2
     num_classes: int = 10  # K, the label's classes; the pipeline sets it from the data
 
     def __post_init__(self) -> None:
