@@ -53,6 +53,7 @@ models-textures: $(VENV)/.train
 bench: $(VENV)/.dev
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/quantized.py
 
 bench-quality: $(VENV)/.dev
 	$(BIN)/python bench/quality.py

@@ -88,11 +88,14 @@ class TwinData:
 
 
 # --- sessions and feeds ------------------------------------------------------------------------------------
-def session(path: Path) -> Any:
-    """An onnxruntime CPU session with the service's options (one thread, every graph optimisation)."""
+def session(path: Path, optimized: Path | None = None) -> Any:
+    """An onnxruntime CPU session with the service's options (one thread, every graph optimisation); with
+    `optimized`, the graph onnxruntime runs after its optimisations is written there."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if optimized is not None:
+        opts.optimized_model_filepath = str(optimized)
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -364,9 +367,10 @@ class _Reader:
         pass
 
 
-def int8_twin(src: Path, dst: Path, calibration: np.ndarray) -> str:
+def int8_twin(src: Path, dst: Path, calibration: np.ndarray, passes: bool = True) -> str:
     """Write the int8 twin of `src` at `dst`, calibrated on `calibration` (the graph's input); returns how it
-    was made, in words (the passes that applied)."""
+    was made, in words (the passes that applied). `passes=False`: onnxruntime.quantization's output as it is
+    (bench/quantized.py measures what the passes buy)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -374,15 +378,15 @@ def int8_twin(src: Path, dst: Path, calibration: np.ndarray) -> str:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre))  # shape inference; BatchNorm folded into the convs
         model = onnx.load(str(pre))
-        phased, kept = phase_conv_transposes(model)
-        short = short_products(model)
+        phased, kept = phase_conv_transposes(model) if passes else (0, [])
+        short = short_products(model) if passes else []
         onnx.save(model, str(pre))
         name = session(src).get_inputs()[0].name
         quantize_static(str(pre), str(dst), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=kept + short)
     model = onnx.load(str(dst))
-    pads, ups = fold_pads(model), fold_upsamples(model)
+    pads, ups = (fold_pads(model), fold_upsamples(model)) if passes else (0, 0)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     parts = [f"ConvTranspose as phase Convs: {phased}"] if phased else []

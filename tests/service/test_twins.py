@@ -241,3 +241,25 @@ def test_v2_answers_from_the_twin_the_request_names(twin_client: TestClient, twi
     assert r.status_code in (400, 422) and "it has fp32, int8" in r.json()["error"]
     cfg = twin_client.get(f"/v2/models/{MODEL}.decoder/config").json()
     assert cfg["parameters"]["precisions"] == {"string_value": "fp32,int8"}
+
+
+def test_grpc_answers_from_the_twin_the_request_parameter_names(twin_root: Path) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+    from v2kit import free_port, serve
+
+    z = np.random.default_rng(5).standard_normal((2, 4)).astype(np.float32)
+    port = free_port()
+    with serve(Settings(store=twin_root, grpc_port=port)) as _:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            inp = grpcclient.InferInput("z", [2, 4], "FP32")
+            inp.set_data_from_numpy(z)
+            got = client.infer(f"{MODEL}.decoder", [inp], parameters={"precision": "int8"}).as_numpy("x_hat")
+            np.testing.assert_allclose(got, outputs(twin_root / MODEL / "1" / "decoder.int8.onnx", z)[0],
+                                       atol=1e-6)
+            with pytest.raises(InferenceServerException, match="it has fp32, int8") as err:
+                client.infer(f"{MODEL}.decoder", [inp], parameters={"precision": "int4"})
+            assert "INVALID_ARGUMENT" in str(err.value.status())
+        finally:
+            client.close()
