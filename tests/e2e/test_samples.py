@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_samples_are_fresh() -> None:
     pytest.importorskip("skimage", reason="scikit-image (the train extra) ships the photographs")
-    r = subprocess.run([sys.executable, "docs/samples.py", "--check"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "docs/samples.py", "--check"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 
 

@@ -155,7 +155,8 @@ def test_access_lines_only_when_asked(tmp_path: Path, access_log: str | None) ->
             assert time.monotonic() < deadline, "server not ready within 60 s"
             time.sleep(0.1)
         for seed in range(3):
-            assert httpx.post(f"{url}/v1/models/tiny-vae/sample", json={"n": 1, "seed": seed}).status_code == 200
+            r = httpx.post(f"{url}/v1/models/tiny-vae/sample", json={"n": 1, "seed": seed})
+            assert r.status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)

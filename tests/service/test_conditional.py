@@ -229,7 +229,8 @@ def test_v2_decoder_takes_y_and_its_metadata_names_the_label_set(client: TestCli
     body = {"inputs": [{"name": "z", "datatype": "FP32", "shape": [2, 3], "data": z.ravel().tolist()},
                        {"name": "y", "datatype": "FP32", "shape": [2, 4], "data": yy.ravel().tolist()}]}
     out = client.post("/v2/models/cvae.decoder/infer", json=body).json()["outputs"][0]
-    np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), w["cvae"].decode(z, yy, SHAPE), atol=1e-5)
+    got = np.reshape(out["data"], out["shape"])
+    np.testing.assert_allclose(got, w["cvae"].decode(z, yy, SHAPE), atol=1e-5)
     body["inputs"].pop()
     r = client.post("/v2/models/cvae.decoder/infer", json=body)
     assert r.status_code == 400 and "y" in r.json()["error"]
