@@ -122,12 +122,18 @@ register("quantize", Command("publish a new version of a model with int8 (or fp1
 
 
 def _load_plugins() -> None:
+    """Import each plugin and let it register its subcommands (its `register_cli(this module)`): a hook, not
+    an import side effect, so a plugin imported before the CLI (by a test or a script) still registers."""
     for mod in PLUGINS:
         try:
-            importlib.import_module(mod)
+            plugin = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
             if exc.name != mod:
                 raise
+            continue
+        hook = getattr(plugin, "register_cli", None)
+        if hook is not None:
+            hook(sys.modules[__name__])
 
 
 def missing_train_modules() -> list[str]:

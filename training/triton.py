@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from service.store import MANIFEST_NAME, GraphSpec, Manifest, sha256_file, version_dir, version_numbers
 from service.store.layout import model_names
@@ -256,19 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     return run(p.parse_args(argv))
 
 
-def _register_with_cli() -> None:
-    """Add `export-triton` to `python -m training` when its CLI loads us as a plugin (see PLUGINS there).
+def register_cli(cli: Any) -> None:
+    """Add `export-triton` to `python -m training`: its CLI calls this on each plugin it loads (see PLUGINS
+    there), whether or not this module was imported before (tests, scripts). Importing this module does not
+    import the CLI."""
+    cli.register("export-triton", cli.Command(
+        "export the store as a Triton model repository (config.pbtxt + model.onnx per graph)",
+        add_arguments, run))
 
-    Importing this module elsewhere (tests, scripts) does not import the CLI.
-    """
-    cli = sys.modules.get("training.__main__")
-    if cli is not None and hasattr(cli, "register"):
-        cli.register("export-triton", cli.Command(
-            "export the store as a Triton model repository (config.pbtxt + model.onnx per graph)",
-            add_arguments, run))
-
-
-_register_with_cli()
 
 if __name__ == "__main__":
     raise SystemExit(main())
