@@ -1,5 +1,6 @@
-"""The shipped default zoo: every REGISTRY entry trained on digits and published as `<name>-digits`, and a
-fully convolutional texture model per scikit-image texture, `<TEXTURE_MODEL>-<texture>`.
+"""The shipped default zoo: every REGISTRY entry trained on digits and published as `<name>-digits` (the
+conditional ones, cvae, cgan and saae, with the digits' labels 0..9), and a fully convolutional texture model
+per scikit-image texture, `<TEXTURE_MODEL>-<texture>`.
 
 `python -m training zoo [--store DIR] [--fresh] [--only NAME ...]` (or `make models`). Same seed, split and
 trainer settings for every digits family; ZOO_TUNING holds the few per-model knobs that differ (more epochs
@@ -45,6 +46,12 @@ BASE_MODEL: dict[str, Any] = dict(hidden=(128, 64))
 ZOO_TUNING: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gan": ({"epochs": 200}, {"encoder_epochs": 100}),  # adversarial training needs longer; no early stop
     "aae": ({"epochs": 80}, {}),
+    # the conditional models' sampling priors: what the quality benchmark's training-split proxy picked on
+    # digits (bench/results/quality.md, "Conditional generation": one Gaussian per class for the cvae, one
+    # GMM per class for the saae)
+    "cvae": ({}, {"class_prior": "gaussian"}),
+    "saae": ({"epochs": 80}, {"class_prior": "gmm"}),
+    "cgan": ({"epochs": 150}, {"encoder_epochs": 50}),  # as the benchmark; the encoder serves encode, restyle
 }
 KEY_METRICS = ("test_recon_mse", "nll_is", "val_loss", "epochs_run", "train_seconds",
                "parity_onnx_max_abs_diff")
@@ -137,6 +144,7 @@ class ZooEntry:
     cpu_seconds: float  # process CPU time: robust to a CPU shared with other work, unlike wall time
     metrics: dict[str, Any]
     maps: dict[str, Any] | None = None  # fully convolutional models: crop, tiling and map thresholds
+    labels: dict[str, Any] | None = None  # conditional models: classes, label inputs, priors
 
 
 def zoo_spec(model: str, store: Path, runs: Path = Path("runs")) -> RunSpec:
@@ -176,7 +184,7 @@ def build_zoo(store: Path, fresh: bool = False, only: list[str] | None = None,
         assert res.manifest is not None and res.path is not None
         entry = ZooEntry(res.name, spec.train.model, res.manifest.family, res.manifest.variant,
                          res.manifest.version, _size(res.path), seconds, cpu, dict(res.metrics),
-                         _map_summary(res.manifest))
+                         _map_summary(res.manifest), _label_summary(res.manifest))
         entries.append(entry)
         log.info("%-22s v%d  %6.1f s (cpu %6.1f s)  %7.1f KB  %s", entry.name, entry.version, seconds, cpu,
                  entry.size_bytes / 1024,
@@ -195,6 +203,16 @@ def _map_summary(m: Manifest) -> dict[str, Any] | None:
             "latent_channels": s.latent_channels, "tile": s.tile, "overlap": s.overlap,
             "reduction": f"{mp.reduction} ({mp.top_fraction:g})", "threshold": a.threshold,
             "pixel_threshold": mp.pixel_threshold, "windows": m.training["split"]["sizes"]["val"]}
+
+
+def _label_summary(m: Manifest) -> dict[str, Any] | None:
+    if m.labels is None:
+        return None
+    cp = m.labels.class_priors
+    priors = (f"one {cp[0].kind} per class" if cp else f"{m.latent.prior.kind} for every class")
+    inputs = ", ".join(f"{g}.{i}" for g, i in m.labels.inputs.items())
+    return {"names": ",".join(m.labels.names), "inputs": inputs, "priors": priors,
+            "capabilities": ", ".join(m.capabilities)}
 
 
 def _fmt(v: Any) -> str:
@@ -233,6 +251,20 @@ def write_report(path: Path, entries: list[ZooEntry], total: float, cpu_total: f
             f"{_fmt(m.get('test_recon_mse'))} | {nll} | {_fmt(m.get('val_loss'))} | "
             f"{_fmt(m.get('parity_onnx_max_abs_diff'))} |"
         )
+    labelled = [e for e in entries if e.labels]
+    if labelled:
+        lines += [
+            "",
+            "Conditional models (manifest `labels`: the graphs' one-hot label input `y` (N, K), per-class "
+            "sampling priors):",
+            "",
+            "| model | classes | label inputs | sampling prior | capabilities |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for e in labelled:
+            lb = e.labels or {}
+            lines.append(f"| {e.name} | {lb['names']} | {lb['inputs']} | {lb['priors']} | "
+                         f"{lb['capabilities']} |")
     maps = [e for e in entries if e.maps]
     if maps:
         lines += [

@@ -258,3 +258,21 @@ def test_samples_of_a_label_look_like_that_label(name: str) -> None:
         x = model.eval().decode(z, y)  # type: ignore[call-arg]
     acc = float(np.mean(clf.predict(x.reshape(len(y), -1).numpy()) == y.numpy()))
     assert acc >= 0.8, f"{name}: {acc:.2f} of the samples are classified as their label"
+
+
+def test_the_zoo_ships_the_conditional_models_with_their_label_sets(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import zoo
+
+    monkeypatch.setattr(zoo, "BASE_TRAIN", {**zoo.BASE_TRAIN, "epochs": 1, "steps_per_epoch": 2})
+    monkeypatch.setattr(zoo, "BASE_MODEL", {"hidden": (16,)})
+    monkeypatch.setitem(zoo.ZOO_TUNING, "cgan", ({"epochs": 1}, {"encoder_epochs": 1}))
+    store = tmp_path / "store"
+    entries = zoo.build_zoo(store, only=["cvae", "cgan"], runs=tmp_path / "runs")
+    assert [e.name for e in entries] == ["cvae-digits", "cgan-digits"]
+    cvae = Manifest.model_validate_json((store / "cvae-digits" / "1" / "manifest.json").read_text())
+    assert cvae.labels is not None and cvae.labels.names == [str(c) for c in range(10)]
+    assert cvae.labels.class_priors is not None and {p.kind for p in cvae.labels.class_priors} == {"gaussian"}
+    md = (store / "ZOO.md").read_text()
+    assert "Conditional models" in md
+    assert "| cgan-digits | 0,1,2,3,4,5,6,7,8,9 | decoder.y | normal for every class |" in md

@@ -31,7 +31,7 @@ class CVAEConfig(VAEConfig):
     # part of the class, and the decoder follows the code rather than the label (digits, training-split
     # proxy, 3 seeds: 86% of N(0, I) samples of the class asked for, 75% of images restyled into theirs);
     # 0.2: 98% and 98%; 0.3: 100% and 100%, blurrier. The reconstruction term grows with the pixel count:
-    # grow sigma with its square root (28x28 MNIST: 0.7, 97% restyled; 0.3: 22%; bench/results/quality.md)
+    # grow sigma with its square root (28x28 MNIST: 0.7, 97% restyled; 0.3: 19%; bench/results/quality.md)
     sigma: float = 0.2
     num_classes: int = 10  # K, the label's classes; the pipeline sets it from the data
     # per-class sampling prior: a density fitted on each class's posterior means (see conditional.ClassPrior);
