@@ -129,7 +129,10 @@ class Budget:
     n_gen: int | None = None  # samples per generator; None: as many as test images
     workers: int = 2  # processes, one torch thread each: small nets scale better this way than with threads
     # --- the conditional section (quality_conditional)
-    cond_seeds: int = 3  # training seeds of every model (seed, seed + 1, ...)
+    cond_seeds: int = 3  # training seeds of every conditional model (seed, seed + 1, ...)
+    #: ... and of their unconditional counterparts, a reference: the first one only (a 28x28 GAN trains for
+    #: about 6 CPU-minutes, and the run shares 2 cores)
+    uncond_seeds: int = 1
     n_per_class: int = 100  # samples of each class, per model and seed
     #: the judge's epochs are picked among these by its accuracy on a held-out tenth of the training split
     judge_epochs: tuple[int, ...] = (4, 10, 20, 40)

@@ -1,9 +1,10 @@
 """Conditional generation (issue 18): are a conditional model's samples of the class asked for, and how close
 is each class's sample set to that class's test images, beside the unconditional model of the same family?
 
-Per dataset and training seed (budget.cond_seeds of them): the conditional families (cvae, cgan, saae) and
-their unconditional counterparts (vae, gan, aae), with the same settings but the label, each trained on the
-whole training split by the project's Trainer (a seeded 10% held out for early stopping). Then, per model:
+Per dataset and training seed (budget.cond_seeds of them; the unconditional ones, a reference, the first
+budget.uncond_seeds): the conditional families (cvae, cgan, saae) and their unconditional counterparts (vae,
+gan, aae), with the same settings but the label, each trained on the whole training split by the project's
+Trainer (a seeded 10% held out for early stopping). Then, per model:
 
 - **class accuracy**: n_per_class samples of every class, codes drawn as the service's sample op draws them
   (`service.ops.draw_prior`) from the sampling prior chosen below, scored by the judge;
@@ -302,7 +303,8 @@ def run(data: BenchData, budget: Budget, seed: int) -> dict[str, Any]:
     times["judge"] = time.perf_counter() - t0
     scorer = Scorer(judge, data)
     seeds = [seed + i for i in range(budget.cond_seeds)]
-    jobs = [(fam, data, budget, s) for s in seeds for fam in ORDER]
+    trained = {fam: seeds if fam in PAIRS else seeds[:budget.uncond_seeds] for fam in ORDER}
+    jobs = [(fam, data, budget, s) for s in seeds for fam in ORDER if s in trained[fam]]
     models: dict[tuple[str, int], GenerativeModel] = {}
     for i, (model, seconds) in pool_map(train_one, jobs, budget.workers):
         fam, s = jobs[i][0], jobs[i][3]
@@ -312,12 +314,12 @@ def run(data: BenchData, budget: Budget, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     proxy: dict[str, dict[str, dict[str, float]]] = {}
     for fam in ORDER:
-        runs = [proxy_scores(models[(fam, s)], fam, data, scorer, s) for s in seeds]
+        runs = [proxy_scores(models[(fam, s)], fam, data, scorer, s) for s in trained[fam]]
         proxy[fam] = {o: {k: float(np.mean([r[o][k] for r in runs])) for k in runs[0][o]} for o in runs[0]}
     chosen = {fam: choose(proxy[fam], fam in PAIRS, budget.target_class_acc) for fam in ORDER}
     log.info("[%s] priors chosen on the proxy: %s", data.name, chosen)
     results = {fam: summarise([test_scores(models[(fam, s)], fam, chosen[fam], data, scorer, budget, s)
-                               for s in seeds]) for fam in ORDER}
+                               for s in trained[fam]]) for fam in ORDER}
     times["scoring"] = time.perf_counter() - t0
     for fam in PAIRS:
         r = results[fam]

@@ -233,7 +233,8 @@ def conditional_md(c: dict[str, Any], fig_rel: str) -> list[str]:
     held = ", ".join(f"{e}: {_pct(a)}%" for e, a in j["heldout_acc"].items())
     out = [f"Judge: the benchmark's FeatureNet classifier, {j['epochs']} epochs (picked by accuracy on a "
            f"held-out tenth of the training split: {held}), test accuracy {_pct(j['test_acc'])}%. "
-           f"{len(c['seeds'])} training seeds ({', '.join(map(str, c['seeds']))}), "
+           f"{len(c['seeds'])} training seeds ({', '.join(map(str, c['seeds']))}) of the conditional models, "
+           f"{models.get('vae', {}).get('seeds', len(c['seeds']))} of the unconditional ones (a reference); "
            f"{c['n_per_class']} samples per class per model and seed.", "",
            "**Sampling prior, chosen on the training split** (samples with the labels of the training images "
            "held out for early stopping, against those images; mean over seeds): Fréchet distance / class "
