@@ -42,9 +42,9 @@ runtime._OnnxSession.run = _run
     "op": '''
 from service import ops
 _real, _done = ops.sample, {}
-async def _sample(rt, mv, n, seed=None, temperature=1.0):
+async def _sample(rt, mv, n, seed=None, temperature=1.0, *args, **kwargs):
     if (mv.name, n) not in _done:
-        _done[(mv.name, n)] = await _real(rt, mv, n, 0, temperature)
+        _done[(mv.name, n)] = await _real(rt, mv, n, 0, temperature, *args, **kwargs)
     return _done[(mv.name, n)]
 ops.sample = _sample
 ''',
@@ -128,6 +128,9 @@ def main() -> None:
                 for _ in range(args.reps):
                     a = S.wrk(url, scs["a"], 1, args.duration, Path(tmp), proc.pid)
                     b = S.wrk(url, scs["b"], 1, args.duration, Path(tmp), proc.pid)
+                    if not (a["rps"] and b["rps"]):  # a stub that breaks the op answers errors only
+                        sys.exit(f"stub {name!r}: no successful request (errors: ceiling {a['errors']}, "
+                                 f"sample {b['errors']}); the stub no longer fits the code it replaces")
                     pairs.append(b["rps"] / a["rps"])
                     best = {"a": max(best["a"], a["rps"]), "b": max(best["b"], b["rps"])}
         print(f"| {name} | {best['a']:,.0f} | {best['b']:,.0f} | {1e6 / best['b']:.0f} | "

@@ -249,11 +249,12 @@ STREAM_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_a_folder_larger_than_memory_streams_from_disk(tmp_path: Path) -> None:
-    """128 RGB photos of 1024x1024: 1.5 GiB as float32 once decoded (what load_folder would hold). One epoch
+    """256 RGB photos of 1024x1024: 3 GiB as float32 once decoded (what load_folder would hold). One epoch
     of crop training over them, decoded in 2 DataLoader workers, raises the training process's peak RSS by
     less than 100 MiB over its peak before the epoch (torch, the model's working memory on a validation
-    batch), each worker stays within 100 MiB of the process it forked from, and no process comes near a
-    third of the data: it is never held."""
+    batch), each worker stays within 100 MiB of the process it forked from, and no process reaches a quarter
+    of the data (768 MiB, of which torch and the validation windows take 400 to 520 MiB before training
+    starts): it is never held."""
     folder = tmp_path / "photos"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -263,16 +264,16 @@ def test_a_folder_larger_than_memory_streams_from_disk(tmp_path: Path) -> None:
         noise = rng.integers(-8, 9, (1024, 1024, 3))
         Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"p{i:03d}.png",
                                                                              compress_level=1)
-    for i in range(8, 128):  # copies: each file is still read and decoded on its own
+    for i in range(8, 256):  # copies: each file is still read and decoded on its own
         shutil.copyfile(folder / f"p{i % 8:03d}.png", folder / f"p{i:03d}.png")
-    decoded_mb = 128 * 3 * 1024 * 1024 * 4 / 2**20
+    decoded_mb = 256 * 3 * 1024 * 1024 * 4 / 2**20
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, str(folder)], capture_output=True, text=True,
                          env=env, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"decoded float32 {decoded_mb:.0f} MiB; RSS {r}")  # noqa: T201 - the numbers, with -s
-    assert r["epochs"] == 1 and r["train_images"] == 115
+    assert r["epochs"] == 1 and r["train_images"] == 230
     assert r["peak_mb"] - r["baseline_mb"] < 100, r
     assert r["worker_peak_mb"] - r["baseline_mb"] < 100, r
-    assert max(r["peak_mb"], r["worker_peak_mb"]) < decoded_mb / 3, r
+    assert max(r["peak_mb"], r["worker_peak_mb"]) < decoded_mb / 4, r
