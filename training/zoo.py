@@ -1,6 +1,6 @@
-"""The shipped default zoo: every REGISTRY entry trained on digits and published as `<name>-digits` (the
-conditional ones, cvae, cgan and saae, with the digits' labels 0..9), and a fully convolutional texture model
-per scikit-image texture, `<TEXTURE_MODEL>-<texture>`.
+"""The shipped default zoo: every REGISTRY entry but the texture-only draem, trained on digits and published
+as `<name>-digits` (the conditional ones, cvae, cgan and saae, with the digits' labels 0..9), and a fully
+convolutional texture model per scikit-image texture, `<TEXTURE_MODEL>-<texture>`.
 
 `python -m training zoo [--store DIR] [--fresh] [--only NAME ...]` (or `make models`). Same seed, split and
 trainer settings for every digits family; ZOO_TUNING holds the few per-model knobs that differ (more epochs
@@ -120,8 +120,9 @@ def texture_spec(texture: str, store: Path, runs: Path = Path("runs")) -> RunSpe
 
 
 def zoo_names() -> list[str]:
-    """Everything `--only` takes: the registry names (digits models), then the texture model names."""
-    return [*REGISTRY, *(texture_name(t) for t in TEXTURES)]
+    """What `make models` builds: the registry names but the texture-only segmentation family (digits
+    models), then the texture model names."""
+    return [*(m for m in REGISTRY if m != SEGMENTATION_MODEL), *(texture_name(t) for t in TEXTURES)]
 
 
 def _spec(name: str, store: Path, runs: Path) -> RunSpec:
@@ -169,7 +170,7 @@ def build_zoo(store: Path, fresh: bool = False, only: list[str] | None = None,
                           f"--only: {', '.join(EXTRA_NAMES)})")
     check_store_writable(store)  # both before anything is removed (--fresh) or trained
     check_writable(runs / "zoo", "run folder", hint="choose another with --runs DIR")
-    digits = load(DATASET) if set(names) & set(REGISTRY) else None
+    digits = load(DATASET) if set(names) & set(zoo_names()) - {texture_name(t) for t in TEXTURES} else None
     entries: list[ZooEntry] = []
     t_all, c_all = time.perf_counter(), time.process_time()
     for model in names:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 # Each test drives a real browser against a real server: seconds each, so `slow` as well as `browser`.
@@ -270,4 +271,50 @@ def test_accessible_controls_and_phone_width(page: Any, server: Any, artifacts: 
     pad = page.locator("#draw-pad").bounding_box()
     assert pad["width"] > 250, "the drawing pad stays usable on a phone"
     page.screenshot(path=str(artifacts / "playground-phone.png"), full_page=True)
+    assert page.console_log.errors == []
+
+
+def _served(server: Any, model: str, body: dict[str, Any]) -> list[list[float]]:
+    """The service's own answer to a sample request, as flat grey levels per image."""
+    r = httpx.post(f"{server.url}/v1/models/{model}/sample", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return [[v for row in img[0] for v in row] for img in r.json()["images"]]
+
+
+def _same_images(shown: list[tuple[int, int, list[float]]], served: list[list[float]]) -> bool:
+    """Canvases show 8-bit grey levels: each pixel within 1.5/255 of the served value."""
+    return len(shown) == len(served) and all(
+        max(abs(a - b) for a, b in zip(v, s, strict=True)) <= 1.5 / 255 for (_, _, v), s in zip(shown, served,
+                                                                                             strict=True))
+
+
+def test_a_conditional_model_draws_the_picked_class_and_every_class(
+    page: Any, server: Any, artifacts: Path
+) -> None:
+    """Issue 18's playground: the class picker asks for that class, and "Every class" draws each class in one
+    style per row; both show exactly what the service answers for the same request."""
+    model = server.model("sample", prefer=("cvae-digits", "saae-digits", "cgan-digits"))
+    names = model.get("labels")
+    if not names:
+        pytest.fail(f"no conditional model in the shipped zoo ({model['name']} has no labels)")
+    open_view(page, model["name"], "sample")
+    assert page.locator("#sample-label-field").is_visible() and page.locator("#sample-every").is_visible()
+    page.fill("#sample-n", "8")
+    page.fill("#sample-seed", "0")
+    page.select_option("#sample-label", names[7])  # the change itself samples
+    page.wait_for_function("() => document.querySelectorAll('#sample-grid canvas').length === 8")
+    page.wait_for_selector("#panel-sample[aria-busy='false']")
+    want = _served(server, model["name"], {"n": 8, "seed": 0, "temperature": 1.0, "label": names[7]})
+    assert _same_images(pixels(page, "#sample-grid canvas"), want)
+
+    page.fill("#sample-n", str(len(names)))
+    page.click("#sample-every")
+    page.wait_for_selector("#class-grid:not([hidden])")
+    page.wait_for_selector("#panel-sample[aria-busy='false']")
+    heads = page.locator("#class-grid .head").all_inner_texts()
+    assert heads == names
+    want = _served(server, model["name"], {"n": len(names), "seed": 0, "temperature": 1.0, "label": names,
+                                           "shared_style": True})
+    assert _same_images(pixels(page, "#class-grid canvas"), want)
+    page.screenshot(path=str(artifacts / "playground-classes.png"), full_page=True)
     assert page.console_log.errors == []

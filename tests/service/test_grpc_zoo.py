@@ -39,7 +39,7 @@ def _feed_shape(path: Path, graph: str, dims: list[int]) -> tuple[int, ...]:
     m = json.loads((path.parent / "manifest.json").read_text())
     image = np.zeros((1, *m["data"]["shape"]), np.float32)
     if graph != "decoder":
-        return image.shape[1:]
+        return (dims[1] if dims[1] > 0 else image.shape[1], *image.shape[2:])
     encoder = path.parent / m["graphs"]["encoder"]["file"]
     return tuple(next(iter(_ort(encoder, {m["graphs"]["encoder"]["inputs"][0]["name"]: image}).values()))
                  .shape[1:])

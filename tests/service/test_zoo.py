@@ -62,12 +62,14 @@ def test_model_answers_every_declared_capability(zoo: TestClient, name: str) -> 
     )
     images = x.tolist()
     n = len(x)
+    lab = {"label": 1} if info["labels"] else {}  # a conditional model's graphs take the class
     if "encode" in caps:
-        enc = _post(zoo, name, "encode", {"images": images})
+        enc = _post(zoo, name, "encode", {"images": images, **lab})
         assert np.asarray(enc["mean"]).shape == (n, *code) and np.isfinite(enc["mean"]).all()
         assert (enc["logvar"] is not None) == (info["family"] == "vae")
     if "decode" in caps:
-        out = np.asarray(_post(zoo, name, "decode", {"latents": np.zeros((2, *code)).tolist()})["images"])
+        dec = _post(zoo, name, "decode", {"latents": np.zeros((2, *code)).tolist(), **lab})
+        out = np.asarray(dec["images"])
         assert out.shape == (2, c, h, w) and np.isfinite(out).all()
     if "sample" in caps:
         a = _post(zoo, name, "sample", {"n": 4, "seed": 0})
@@ -75,18 +77,22 @@ def test_model_answers_every_declared_capability(zoo: TestClient, name: str) -> 
         assert a["images"] == b["images"] and np.asarray(a["images"]).shape == (4, c, h, w)
         assert np.isfinite(a["images"]).all() and np.std(a["images"]) > 1e-4  # not a constant image
     if "interpolate" in caps:
-        lat = _post(zoo, name, "interpolate", {"start": [0.0] * dim, "end": [1.0] * dim, "steps": 5})
+        lat = _post(zoo, name, "interpolate", {"start": [0.0] * dim, "end": [1.0] * dim, "steps": 5, **lab})
         assert lat["shape"] == [5, c, h, w]
         if "encode" in caps:
             img = _post(
                 zoo,
                 name,
                 "interpolate",
-                {"start": images[0], "end": images[1], "steps": 3, "method": "slerp"},
+                {"start": images[0], "end": images[1], "steps": 3, "method": "slerp", **lab},
             )
             assert img["shape"] == [3, c, h, w]
+    if "restyle" in caps:  # each image drawn as another class, in its own style
+        body = {"images": images, "label": list(range(n)), "source_label": [1] * n}
+        res = _post(zoo, name, "restyle", body)
+        assert res["shape"] == [n, c, h, w] and res["labels"] == [info["labels"][i] for i in range(n)]
     if "reconstruct" in caps:
-        rec = _post(zoo, name, "reconstruct", {"images": images})
+        rec = _post(zoo, name, "reconstruct", {"images": images, **lab})
         assert rec["shape"] == [n, c, h, w] and all(np.isfinite(m) and m >= 0 for m in rec["mse"])
     if "denoise" in caps:
         den = _post(
@@ -104,7 +110,7 @@ def test_model_answers_every_declared_capability(zoo: TestClient, name: str) -> 
         "decode": {"latents": np.zeros((1, *code)).tolist()},
         "sample": {"n": 1},
         "interpolate": {"start": [0.0] * dim, "end": [1.0] * dim},
-        "reconstruct": {"images": images},
+        "reconstruct": {"images": images, **lab},
         "denoise": {"images": images},
         "anomaly-score": {"images": images},
     }
@@ -121,9 +127,12 @@ def test_digits_models_behave_like_digits_models(zoo: TestClient, name: str) -> 
         pytest.skip(f"{name} is not a digits model")
     x = _digits(64).tolist()
     noise = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32).tolist()
+    from sklearn.datasets import load_digits
+
+    lab = {"label": load_digits().target[:64].tolist()} if info["labels"] else {}  # their own classes
     if "reconstruct" in info["capabilities"]:
-        real = np.mean(_post(zoo, name, "reconstruct", {"images": x})["mse"])
-        fake = np.mean(_post(zoo, name, "reconstruct", {"images": noise})["mse"])
+        real = np.mean(_post(zoo, name, "reconstruct", {"images": x, **lab})["mse"])
+        fake = np.mean(_post(zoo, name, "reconstruct", {"images": noise, **lab})["mse"])
         assert real < fake, f"{name}: digits mse {real:.4f} >= noise mse {fake:.4f}"
     if "anomaly-score" in info["capabilities"]:
         real = _post(zoo, name, "anomaly-score", {"images": x})
