@@ -321,10 +321,18 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (anomalib's runs)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_job(job: tuple[str, str, int, str, bool]) -> dict[str, Any]:
     method, texture, seed, test_npz, quick = job
     logging.basicConfig(level=logging.WARNING)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     if method in ("ours", "ae"):
         out = job_published(method, texture, seed, test_npz, quick)
     elif method == "anomalib":
@@ -332,6 +340,7 @@ def run_job(job: tuple[str, str, int, str, bool]) -> dict[str, Any]:
     else:
         out = job_baseline(method, texture, seed, test_npz, quick)
     out["job_s"] = round(time.perf_counter() - t0, 1)
+    out["job_cpu_s"] = round(_cpu() - c0, 1)
     return out
 
 
@@ -510,7 +519,8 @@ def markdown(rows: dict[str, Any], results: dict[tuple[str, str, int], Any], tex
     lines = [
         "# Real-photo anomaly benchmark: scikit-image's textures (issue 20)",
         "",
-        f"`{meta['command']}` on {meta['date']}: {meta['wall_s']:.0f} s wall on {meta['cpus']} CPUs "
+        f"`{meta['command']}` on {meta['date']}: {meta['wall_s']:.0f} s wall "
+        f"({meta.get('cpu_s', 0):.0f} s of CPU in its jobs) on {meta['cpus']} CPUs "
         f"({WORKERS} jobs at a time, one torch thread each; load average {meta['load_start']} at the start, "
         f"{meta['load_end']} at the end, other work included), torch {meta['torch']}"
         + (", **quick run: a smoke test, not a measurement**" if meta["quick"] else "") + ".",
@@ -540,18 +550,18 @@ def markdown(rows: dict[str, Any], results: dict[tuple[str, str, int], Any], tex
             r = rows[m]["textures"][t]
             lines.append(f"| {t} | {LABELS[m]} | " + " | ".join(fmt(r.get(k)) for k, _ in TARGETS) + " |")
     lines += ["", "## What each model got", "",
-              "| method | category | seed | training steps (batch) | training s | inference s | job s |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| method | category | seed | training steps (batch) | training s | inference s | job s (wall) "
+              "| job CPU s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in methods:
         for t in textures:
             for s in seeds:
                 r = rows[m]["textures"][t]["seeds"].get(str(s), {})
                 if "error" in r:
-                    lines.append(f"| {m} | {t} | {s} | failed: {r['error'][:300]} | | | |")
+                    lines.append(f"| {m} | {t} | {s} | failed: {r['error'][:300]} | | | | |")
                     continue
                 steps = f"{r['steps']} ({r['batch_size']})" if "steps" in r else "- (fit, no steps)"
                 lines.append(f"| {m} | {t} | {s} | {steps} | {r.get('train_s', '-')} | "
-                             f"{r.get('infer_s', '-')} | {r.get('job_s', '-')} |")
+                             f"{r.get('infer_s', '-')} | {r.get('job_s', '-')} | {r.get('job_cpu_s', '-')} |")
     lines += ["", "## Checks", ""]
     diffs = [abs(r["anomalib_metrics"][k] - r[k]) for m in ("anomalib",) if m in methods for t in textures
              for r in rows[m]["textures"][t]["seeds"].values() if "anomalib_metrics" in r for k in
@@ -663,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "wall_s": time.perf_counter() - t_start,
             "cpus": os.cpu_count(), "load_start": f"{load_start:.1f}",
             "load_end": f"{os.getloadavg()[0]:.1f}",
+            "cpu_s": sum(r.get("job_cpu_s", 0.0) for r in results.values()),
             "torch": torch.__version__, "quick": a.quick, "test_n": 8 if a.quick else TEST_N,
             "machine": platform.machine(), "not_run": not_run,
             "shipped": {t: shipped_identical(t, results.get(("ours", t, 0), {}).get("files", {}))

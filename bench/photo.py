@@ -1,6 +1,6 @@
 """anomaly-score on a photo at its own size (issue 15): the service against the same work in process.
 
-    .venv/bin/python bench/photo.py [--seconds 5] [--rounds 3]
+    .venv/bin/python bench/photo.py [--seconds 5] [--rounds 3] [--out bench/results/photo.md]
 
 The photo is scikit-image's `camera` (512x512 grey, a real photograph), scored by a shipped texture model
 (`ae-denoising-brick`: fully convolutional, tiles of 256 overlapping by 64, so 9 tiles for this photo).
@@ -161,11 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the section here (bench/serving.py puts it in serving.md)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         res = run(args.seconds, args.rounds, Path(tmp))
-    print("\n".join(markdown(res, args.seconds, args.rounds)))
+    text = "\n".join(markdown(res, args.seconds, args.rounds))
+    print(text)
+    if args.out is not None:
+        args.out.write_text(f"# anomaly-score on a 512x512 photo (issue 15)\n\n`python bench/photo.py --out "
+                            f"{args.out.name}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load "
+                            f"average {os.getloadavg()[0]:.1f} at the end.\n\n{text}\n")
     return 0
 
 
