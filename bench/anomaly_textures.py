@@ -598,7 +598,9 @@ def markdown(rows: dict[str, Any], results: dict[tuple[str, str, int], Any], tex
               "4, "
               f"Adam 1e-4) for {ANOMALIB_SECONDS} s of wall time each on one core (Lightning's max_time), no "
               "validation; maps and scores are its torch model's eval outputs (anomaly_map, pred_score = "
-              "max). "
+              "max). At its default widths one step of 4 crops takes about 15 s of one core here, so it gets "
+              "the few steps the table above lists: this anchor is anomalib's DRAEM at about the CPU budget "
+              "of ours (compare the job CPU columns), not at convergence. "
               "Two shims, for torchvision 0.28.0 (whose compiled operators need the CUDA torch): an empty "
               "`torchvision._meta_registrations` and a PIL `read_image` for its anomaly-source loader "
               "(bench/peers/anomalib_draem.py).",
