@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.write_text(f"# anomaly-score on a 512x512 photo (issue 15)\n\n`python bench/photo.py --out "
-                            f"{args.out.name}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load "
+                            f"{args.out}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load "
                             f"average {os.getloadavg()[0]:.1f} at the end.\n\n{text}\n")
     return 0
 

@@ -73,10 +73,11 @@ CACHE = ROOT / "runs" / "bench" / "serving-store"
 LUA = ROOT / "bench" / "wrk_post.lua"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 MLP, CONV = "vae-digits", "conv-vae-28"
-TARGETS = {"b_over_a": 0.7, "e_binary_over_inprocess": 0.5}
+TARGETS = {"b_over_a": 0.7, "e_binary_over_inprocess": 0.7}  # (e): issue 19 raised it from 0.5
 
 
 # --- the store ------------------------------------------------------------------------------------
+
 def _train(name: str, data: Any, model: dict[str, Any], store: Path) -> None:
     """A few optimiser steps through the real pipeline (fit, export, parity check, publish)."""
     from training.config import RunSpec, TrainConfig
@@ -813,10 +814,10 @@ def ratios(res: Results, concs: list[int], inproc: dict[str, float],
         for cfg in ("default", "pool/on"):
             r = res.get((f"V2 decode n=1024 binary [{tag}]", cfg, 1))
             if r and tag in inproc:
-                v = r["samples_s"] / inproc[tag]
+                v, goal = r["samples_s"] / inproc[tag], TARGETS["e_binary_over_inprocess"]
                 lines.append(
                     f"| (e) V2 binary n=1024 [{tag}] / in-process, {cfg} | 1 | "
-                    f"{v:.2f} | | | >= 0.5 | {'yes' if v >= 0.5 else 'NO'} |"
+                    f"{v:.2f} | | | >= {goal:g} | {'yes' if v >= goal else 'NO'} |"
                 )
         floor = res.get((f"HTTP floor: V2 decode n=1024 binary [{tag}]", "bare", 1))
         if floor and tag in inproc:  # the best any server could do: HTTP alone, then the compute, in series
