@@ -189,7 +189,9 @@ def docs_page(results: dict[str, Any]) -> str:
         f"`make bench-quality` trains every family and the baselines on one seeded split and writes "
         "[the full report](../bench/results/quality.md) (tables, sample grids, interpolations, ROC curves, "
         f"latent scatter). Last run: {m['started']}, {m['wall_s'] / 60:.1f} min wall, "
-        f"{m.get('cpu_s', 0) / 60:.1f} min CPU, on {m['machine']} ({m['status']}).", "",
+        f"{m.get('cpu_s', 0) / 60:.1f} min CPU"
+        f"{' (with the re-runs of single sections the report lists)' if m.get('updates') else ''}, "
+        f"on {m['machine']} ({m['status']}).", "",
         *quality_report.headline(results), "",
         "Fréchet distances are measured in the feature space of a small MNIST classifier, not Inception: "
         "do not compare them with published FID numbers.", ""])
