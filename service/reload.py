@@ -104,7 +104,10 @@ async def reload_store(app: FastAPI) -> ReloadResponse:
 async def poll(app: FastAPI, every_s: float) -> None:
     """Reload whenever the store's fingerprint changes; runs until cancelled. Errors keep the old store."""
     store: ModelStore = app.state.store
-    last = await anyio.to_thread.run_sync(fingerprint, store.root)
+    try:
+        last: Fingerprint | None = await anyio.to_thread.run_sync(fingerprint, store.root)
+    except OSError:  # the root went away between startup and the first poll: the loop below says so
+        last = None
     missing = False
     while True:
         await asyncio.sleep(every_s)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -284,3 +285,33 @@ def test_a_vanished_store_root_keeps_the_snapshot(onnx_store: Path, tmp_path: Pa
         r = client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 503 and "not a directory" in r.json()["detail"]
         assert _latest(client) == 1
+
+
+def test_a_root_gone_before_the_first_poll_keeps_polling(
+    onnx_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root may vanish between `model_names`' check and its listing, on the poll's first fingerprint (CI
+    saw it): the poll keeps going and the snapshot keeps serving (the error ended the poll and failed the
+    app's shutdown)."""
+    import anyio
+
+    from service import reload as hot
+
+    real, calls = hot.fingerprint, []
+
+    def vanishing(root: Path) -> Any:
+        calls.append(root)
+        if len(calls) == 1:
+            raise FileNotFoundError(2, "No such file or directory", str(root))
+        return real(root)
+
+    monkeypatch.setattr(hot, "fingerprint", vanishing)
+    app = create_app(Settings(store=onnx_store, admin_key=ADMIN, reload_interval_s=0))
+    with TestClient(app) as client:
+
+        async def briefly() -> None:
+            with anyio.move_on_after(0.3):
+                await hot.poll(app, 0.05)
+
+        client.portal.call(briefly)  # type: ignore[union-attr]
+        assert len(calls) > 1 and _latest(client) == 1
