@@ -1,6 +1,6 @@
 """First requests after ready: the warm-up's effect (issue 17). bench/serving.py runs it and reports it.
 
-    .venv/bin/python bench/warmup.py [--starts 3]
+    .venv/bin/python bench/warmup.py [--starts 3] [--out bench/results/warmup.md]
 
 The server starts `--starts` times with the shipped settings (the warm-up on) and as many with
 LATENTSERVE_WARMUP=false; after /health/ready answers 200, one client sends ten requests one after another
@@ -84,11 +84,18 @@ def markdown(res: dict[str, Any], starts: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--starts", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the section here (bench/serving.py puts it in serving.md)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         res = run(args.starts, Path(tmp))
-    print("\n".join(markdown(res, args.starts)))
+    text = "\n".join(markdown(res, args.starts))
+    print(text)
+    if args.out is not None:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        args.out.write_text(f"# First requests after ready (issue 17)\n\n"
+                            f"`python bench/warmup.py --out {args.out}` on {when}.\n\n{text}\n")
     return 0
 
 
