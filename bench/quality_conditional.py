@@ -34,8 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from quality_common import BenchData, Budget, batched, fit, holdout, pool_map
-from quality_generation import FeatureNet, frechet
-from torch import nn
+from quality_generation import FeatureNet, fit_classifier, frechet
 
 from service.ops import draw_prior
 from service.store.manifest import LatentSpec, NormalPrior, Prior
@@ -60,41 +59,15 @@ ORDER = ("cgan", "gan", "saae", "aae", "cvae", "vae")  # slowest first, for the 
 # --- the judge -----------------------------------------------------------------------------------------
 
 
-def _train_net(x: np.ndarray, y: np.ndarray, shape: tuple[int, int, int], epochs: int, seed: int,
-               every: tuple[int, ...] = (), val: tuple[np.ndarray, np.ndarray] | None = None,
-               ) -> tuple[FeatureNet, dict[int, float]]:
-    """FeatureNet fitted as quality_generation.train_classifier does; with `val`, its accuracy there after
-    each epoch in `every`."""
-    torch.manual_seed(seed)
-    net = FeatureNet(shape)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    g = torch.Generator().manual_seed(seed)
-    accs: dict[int, float] = {}
-    for epoch in range(1, epochs + 1):
-        net.train()
-        perm = torch.randperm(len(xt), generator=g)
-        for i in range(0, len(xt), 64):
-            idx = perm[i:i + 64]
-            loss = nn.functional.cross_entropy(net(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if val is not None and epoch in every:
-            net.eval()
-            accs[epoch] = float(np.mean(np.asarray(batched(net, val[0])).argmax(1) == val[1]))
-    return net.eval(), accs
-
-
 def train_judge(data: BenchData, budget: Budget, seed: int) -> tuple[FeatureNet, dict[str, Any]]:
     """The judge, its epochs picked on a held-out tenth of the training split, then refitted on all of it;
     with its per-class test accuracy (the ceiling of any generator's class accuracy)."""
     tr, va = holdout(len(data.train), seed)
     x, y = data.train.x, data.train.y
-    _, accs = _train_net(x[tr], y[tr], data.shape, max(budget.judge_epochs), seed, budget.judge_epochs,
-                         (x[va], y[va]))
+    _, accs = fit_classifier(x[tr], y[tr], data.shape, max(budget.judge_epochs), seed, budget.judge_epochs,
+                             (x[va], y[va]))
     epochs = max(accs, key=lambda e: (accs[e], -e))  # the fewest epochs among the best
-    net, _ = _train_net(x, y, data.shape, epochs, seed)
+    net, _ = fit_classifier(x, y, data.shape, epochs, seed)
     pred = np.asarray(batched(net, data.test.x)).argmax(1)
     per = {str(c): float(np.mean(pred[data.test.y == c] == c)) for c in range(10)}
     log.info("[%s] judge: %d epochs (held-out accuracy %s), test accuracy %.4f", data.name, epochs,
